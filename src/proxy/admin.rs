@@ -1,0 +1,64 @@
+//! Health and metrics on a separate (by default loopback) port.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot::SnapshotRx;
+use crate::telemetry::Metrics;
+
+/// Serves `/healthz` (the process runs), `/readyz` (a configuration is loaded) and
+/// `/metrics` (Prometheus text) until `shutdown`.
+pub async fn serve_admin(
+    listener: TcpListener,
+    snapshots: SnapshotRx,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let (snapshots, registry) = (snapshots.clone(), registry.clone());
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (status, content_type, body) = match req.uri().path() {
+                "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+                "/readyz" if snapshots.borrow().is_some() => {
+                    (StatusCode::OK, "text/plain", "ready\n".to_owned())
+                }
+                "/readyz" => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no configuration\n".to_owned())
+                }
+                "/metrics" => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    Metrics::encode(&registry),
+                ),
+                _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}

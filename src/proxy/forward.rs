@@ -1,0 +1,237 @@
+//! One request: route, admit, forward; upgrades become tunnels.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::conn::ConnInfo;
+use super::headers::{self, Forwarded};
+use super::revocation::{self, Credential};
+use super::{Body, Shared, contains};
+use crate::admission::{self, Decision, DenyReason};
+use crate::snapshot::Route;
+use crate::telemetry::RequestLabels;
+
+pub async fn handle(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+) -> Result<Response<Body>, Infallible> {
+    // The newest snapshot: a revoke applies to the very next request on any connection.
+    let Some(snapshot) = shared.snapshots.borrow().clone() else {
+        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n"));
+    };
+    let Some(host) = request_host(&req) else {
+        return Ok(plain(StatusCode::BAD_REQUEST, "missing or invalid Host header\n"));
+    };
+    let Some(route) = snapshot.route(&host).cloned() else {
+        return Ok(plain(StatusCode::MISDIRECTED_REQUEST, "no route serves this host\n"));
+    };
+    // A connection opened for one route must not be steered to another by its Host
+    // header: each route has its own identity selector.
+    if let Some(sni) = &conn.sni {
+        if !snapshot.route(sni).is_some_and(|r| Arc::ptr_eq(r, &route)) {
+            return Ok(plain(StatusCode::MISDIRECTED_REQUEST, "Host does not match TLS SNI\n"));
+        }
+    }
+
+    let cookie_name = route.cookie.as_ref().map(|c| c.name.as_str());
+    let cookies = cookie_name.map(|n| admission::cookie_values(req.headers(), n)).unwrap_or_default();
+    let decision = admission::admit(
+        &snapshot,
+        &route,
+        &admission::Request {
+            method: req.method(),
+            path: req.uri().path(),
+            host: &host,
+            client_cert: conn.client_cert.as_ref(),
+            cookies: &cookies,
+            now: SystemTime::now(),
+        },
+    );
+    drop(cookies);
+    count(&shared, &route, &decision);
+    if let Decision::Deny(reason) = decision {
+        tracing::info!(
+            audit = "denied", route = %route.name, host = %host, client = %conn.client.ip(),
+            method = %req.method(), path = %req.uri().path(), reason = reason.as_str(),
+            "request denied"
+        );
+        return Ok(denied(&req, reason));
+    }
+    drop(snapshot);
+
+    let identity = decision.identity().map(|c| c.identity.as_str());
+    let upgrade = is_upgrade(&req);
+    prepare(&mut req, &route, &conn, &shared, &host, identity, cookie_name);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let mut resp = match shared.upstream.request(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(route = %route.name, upstream = %route.upstream, error = %e, "upstream unreachable");
+            return Ok(plain(StatusCode::BAD_GATEWAY, "the upstream service is not reachable\n"));
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let credential = match &decision {
+                Decision::Certificate { cert, .. } | Decision::Cookie { cert } => {
+                    Some(Credential::Serial(cert.serial_hex.clone()))
+                }
+                _ => None,
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(shared.clone(), client_upgrade, upstream_upgrade, credential));
+        }
+        // No Set-Cookie on a 101: iOS Safari ignores it there.
+        return Ok(resp.map(|b| b.boxed()));
+    }
+
+    headers::strip_hop_by_hop(resp.headers_mut(), false);
+    if let Decision::Certificate { set_cookie: Some(cookie), .. } = &decision {
+        if let Ok(v) = HeaderValue::from_str(cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(resp.map(|b| b.boxed()))
+}
+
+/// Rewrites the request for the upstream: sanitised headers, origin-form URI, HTTP/1.1.
+fn prepare(
+    req: &mut Request<Incoming>,
+    route: &Route,
+    conn: &ConnInfo,
+    shared: &Shared,
+    host: &str,
+    identity: Option<&str>,
+    cookie_name: Option<&str>,
+) {
+    let upgrade = is_upgrade(req);
+    let headers = req.headers_mut();
+    headers::strip_hop_by_hop(headers, upgrade);
+    if let Some(name) = cookie_name {
+        headers::strip_cookie(headers, name);
+    }
+    let forwarded = Forwarded {
+        client_ip: conn.client.ip(),
+        peer_trusted: contains(&shared.settings.trusted_proxies, conn.peer.ip()),
+        host,
+        identity,
+    };
+    headers::set_forwarded(headers, &forwarded);
+    if let Ok(v) = HeaderValue::from_str(host) {
+        headers.insert(header::HOST, v);
+    }
+
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    // The path was parsed by hyper, so it is a valid origin-form; the authority is the
+    // route's validated upstream.
+    if let Ok(uri) =
+        Uri::builder().scheme("http").authority(route.upstream.clone()).path_and_query(path).build()
+    {
+        *req.uri_mut() = uri;
+    }
+    // The upstream leg is HTTP/1.1 whatever the client spoke.
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Lowercase host without port: the URI authority (HTTP/2, absolute-form) or `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(authority) => authority.host().to_owned(),
+        None => {
+            let value = req.headers().get(header::HOST)?.to_str().ok()?;
+            value.parse::<http::uri::Authority>().ok()?.host().to_owned()
+        }
+    };
+    let host = raw.trim_end_matches('.').to_ascii_lowercase();
+    // IPv6 literals come bracketed; routes list them bare.
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    (!host.is_empty()).then_some(host)
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Shuttles bytes between the upgraded client and upstream until either side closes or
+/// the identity that opened it is revoked.
+async fn tunnel(
+    shared: Arc<Shared>,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    credential: Option<Credential>,
+) {
+    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+        return;
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    let gauge = &shared.metrics.open_websockets;
+    gauge.inc();
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        () = revocation::gone(shared.snapshots.clone(), credential) => {
+            tracing::info!("closing upgraded connection: its identity is no longer live");
+        }
+        () = shared.shutdown.cancelled() => {}
+    }
+    gauge.dec();
+}
+
+fn count(shared: &Shared, route: &Route, decision: &Decision) {
+    let reason = match decision {
+        Decision::Deny(reason) => reason.as_str(),
+        _ => "",
+    };
+    let labels = RequestLabels { route: route.name.clone(), admission: decision.path_label(), reason };
+    shared.metrics.requests.get_or_create(&labels).inc();
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    full(status, "text/plain; charset=utf-8", text)
+}
+
+const DENIED_PAGE: &str = include_str!("denied.html");
+
+/// 403: a short page, or JSON for API clients.
+fn denied<B>(req: &Request<B>, reason: DenyReason) -> Response<Body> {
+    let wants_json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        let body = format!(
+            r#"{{"error":"client_certificate_required","reason":"{}","message":"This site admits only enrolled devices: install your device's Portcullis certificate and try again."}}"#,
+            reason.as_str()
+        );
+        full(StatusCode::FORBIDDEN, "application/json", body)
+    } else {
+        full(StatusCode::FORBIDDEN, "text/html; charset=utf-8", DENIED_PAGE)
+    }
+}

@@ -1,0 +1,30 @@
+//! The two resource kinds, shared by the Kubernetes operator and standalone mode.
+//!
+//! The same structs are the CRD schema (`portcullis crd`), the Kubernetes objects the
+//! operator watches, and the documents of a standalone config file. Every `///` comment on
+//! a field becomes `kubectl explain` text.
+
+mod client_identity;
+mod protected_route;
+
+pub use client_identity::{
+    ClientIdentity, ClientIdentitySpec, ClientIdentityStatus, KeyAlgorithm, Pkcs12Profile,
+    Pkcs12Spec, SecretKeyRef,
+};
+pub use protected_route::{
+    BypassRule, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute, ProtectedRouteSpec,
+    ProtectedRouteStatus, ServerCertificate, ServiceRef, Upstream,
+};
+
+use kube::CustomResourceExt;
+
+/// The CRD YAML for both kinds, as printed by `portcullis crd` and checked in under `crds/`.
+pub fn crd_yaml() -> String {
+    let mut out = String::new();
+    for crd in [ProtectedRoute::crd(), ClientIdentity::crd()] {
+        out.push_str("---\n");
+        // Serialising a CRD built from our own types cannot fail.
+        out.push_str(&serde_yaml::to_string(&crd).expect("CRD serialises to YAML"));
+    }
+    out
+}

@@ -1,0 +1,161 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A host (or several) served by Portcullis: who may reach which upstream.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "ProtectedRoute",
+    namespaced,
+    status = "ProtectedRouteStatus",
+    shortname = "proute",
+    category = "portcullis",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Identities","type":"integer","jsonPath":".status.admittedIdentities"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectedRouteSpec {
+    /// SNI / Host names this route serves, e.g. `ha.example.org`.
+    #[schemars(length(min = 1))]
+    pub hosts: Vec<String>,
+    /// Where admitted requests go.
+    pub upstream: Upstream,
+    /// The certificate the gate presents for these hosts. Default: issued by the Portcullis CA.
+    #[serde(default, skip_serializing_if = "ServerCertificate::is_default")]
+    pub server_certificate: ServerCertificate,
+    /// Which devices are let in, and the cookie that lets certificate-less requests
+    /// (Safari WebSockets) of an admitted browser through.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Paths reachable without an identity, e.g. `/api/webhook/` for Home Assistant
+    /// webhooks. Empty by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bypass: Vec<BypassRule>,
+}
+
+/// The upstream service: a Kubernetes Service (operator) or a URL (standalone).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Upstream {
+    /// A Service in the route's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+    /// A plain `http://host:port` URL, e.g. `http://127.0.0.1:8123`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// A Service name and port.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ServiceRef {
+    /// Service name.
+    pub name: String,
+    /// Service port number.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+}
+
+/// Where the server certificate comes from: exactly one of `issue` or `secretName`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerCertificate {
+    /// Mint it with the Portcullis CA and renew it before expiry (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<IssueSpec>,
+    /// Use this `kubernetes.io/tls` Secret instead (e.g. cert-manager / Let's Encrypt);
+    /// reloaded when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+impl ServerCertificate {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// Options for a minted server certificate (none yet).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct IssueSpec {}
+
+/// Client authentication for a route.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuth {
+    /// Label selector over ClientIdentities allowed in; empty admits every identity of the
+    /// installation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_selector: Option<LabelSelector>,
+    /// The cookie a certificate-authenticated browser earns for later certificate-less
+    /// requests.
+    #[serde(default)]
+    pub cookie_fallback: CookieFallback,
+}
+
+/// The HMAC cookie fallback. Safari/iOS send no client certificate on WebSocket
+/// handshakes; this cookie, earned with a certificate, lets them through.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CookieFallback {
+    /// Whether certificate-authenticated requests earn a cookie. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long a cookie stays valid, e.g. `1h`, `30m`. Default `1h`.
+    #[serde(default = "default_cookie_ttl")]
+    pub ttl: String,
+    /// Cookie name; must start with `__Host-`. Default `__Host-portcullis`.
+    #[serde(default = "default_cookie_name")]
+    #[schemars(regex(pattern = r"^__Host-[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"))]
+    pub name: String,
+}
+
+impl Default for CookieFallback {
+    fn default() -> Self {
+        Self { enabled: true, ttl: default_cookie_ttl(), name: default_cookie_name() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_cookie_ttl() -> String {
+    "1h".into()
+}
+fn default_cookie_name() -> String {
+    "__Host-portcullis".into()
+}
+
+/// A path reachable without an identity.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BypassRule {
+    /// Path prefix, starting with `/`, e.g. `/api/webhook/`.
+    #[schemars(regex(pattern = r"^/"))]
+    pub path_prefix: String,
+    /// HTTP methods allowed on it (e.g. `[POST]`); empty or absent means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+}
+
+/// Observed state of a ProtectedRoute.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectedRouteStatus {
+    /// `Ready` with a reason and a message a person can act on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Hosts currently served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Number of live identities this route admits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_identities: Option<i64>,
+}

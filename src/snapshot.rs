@@ -1,0 +1,313 @@
+//! The immutable view the data plane reads: routes, live identities, trust and cookie keys.
+//!
+//! Sources (the standalone file watcher, Kubernetes watches) build a [`Snapshot`] from
+//! resources and publish it on a `watch` channel. The proxy never mutates it: a reload is a
+//! new snapshot, so a half-applied configuration cannot exist.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use http::uri::Authority;
+use kube::core::{Selector, SelectorExt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// SHA-256 of a certificate's DER.
+pub type Fingerprint = [u8; 32];
+
+/// Hashes a certificate the way the snapshot indexes it.
+pub fn fingerprint(cert_der: &[u8]) -> Fingerprint {
+    Sha256::digest(cert_der).into()
+}
+
+/// A device certificate that may be admitted right now: issued by the CA, its
+/// ClientIdentity present and not revoked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveCert {
+    /// The ClientIdentity's name (`namespace/name` in Kubernetes).
+    pub identity: String,
+    /// Certificate serial, lowercase hex: what cookies carry.
+    pub serial_hex: String,
+    pub fingerprint: Fingerprint,
+    /// The ClientIdentity's labels, matched by routes' identity selectors.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The cookie a certificate-authenticated request earns on a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookiePolicy {
+    pub name: String,
+    pub ttl: Duration,
+}
+
+/// A path reachable without an identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bypass {
+    pub path_prefix: String,
+    /// Empty: every method.
+    pub methods: Vec<Method>,
+}
+
+/// One ProtectedRoute, resolved: no defaults or strings left to interpret.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Lowercase host names, no port.
+    pub hosts: Vec<String>,
+    /// `host:port` of the plain-HTTP upstream.
+    pub upstream: Authority,
+    /// `None` admits every live identity.
+    pub selector: Option<Selector>,
+    /// `None`: cookie fallback off.
+    pub cookie: Option<CookiePolicy>,
+    pub bypass: Vec<Bypass>,
+}
+
+impl Route {
+    /// Whether this route lets the holder of `cert` in.
+    pub fn admits(&self, cert: &LiveCert) -> bool {
+        self.selector.as_ref().is_none_or(|s| s.matches(&cert.labels))
+    }
+}
+
+/// A route together with the server certificate it presents.
+pub struct RouteSource {
+    pub route: Route,
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Everything a source gathers to build a snapshot.
+pub struct SnapshotParts {
+    /// Trust anchors for client certificates (the installation's CA).
+    pub client_ca: Vec<CertificateDer<'static>>,
+    pub routes: Vec<RouteSource>,
+    pub live: Vec<LiveCert>,
+    /// Newest first: sign with `[0]`, accept all.
+    pub cookie_keys: Vec<[u8; 32]>,
+}
+
+/// The data plane's whole world at one instant.
+pub struct Snapshot {
+    pub generation: u64,
+    routes: Vec<Arc<Route>>,
+    route_by_host: HashMap<String, usize>,
+    live_by_fingerprint: HashMap<Fingerprint, Arc<LiveCert>>,
+    live_by_serial: HashMap<String, Arc<LiveCert>>,
+    cookie_keys: Vec<[u8; 32]>,
+    tls: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("routes", &self.routes.len())
+            .field("live", &self.live_by_serial.len())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Validates and indexes `parts`. Fails (and the caller keeps its previous snapshot)
+    /// when a host is claimed twice, a key does not fit, or no cookie key exists.
+    pub fn build(parts: SnapshotParts, generation: u64) -> Result<Snapshot> {
+        let SnapshotParts { client_ca, routes: sources, live, cookie_keys } = parts;
+        if cookie_keys.is_empty() {
+            return Err(Error::Config("no cookie key: the cookie-keys ring is empty".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut certs = SniResolver::default();
+        let mut routes = Vec::with_capacity(sources.len());
+        let mut route_by_host = HashMap::new();
+        for (index, source) in sources.into_iter().enumerate() {
+            let key = provider.key_provider.load_private_key(source.key).map_err(|e| {
+                Error::Tls { what: format!("route {}: server key", source.route.name), source: e }
+            })?;
+            let certified = Arc::new(CertifiedKey::new(source.cert_chain, key));
+            for host in &source.route.hosts {
+                if let Some(other) = route_by_host.insert(host.clone(), index) {
+                    let other: &Arc<Route> = &routes[other];
+                    return Err(Error::Config(format!(
+                        "host {host} is served by both route {} and route {}; give each host one route",
+                        other.name, source.route.name
+                    )));
+                }
+                certs.by_host.insert(host.clone(), certified.clone());
+            }
+            certs.fallback.get_or_insert(certified);
+            routes.push(Arc::new(source.route));
+        }
+
+        let live: Vec<Arc<LiveCert>> = live.into_iter().map(Arc::new).collect();
+        let live_by_fingerprint = live.iter().map(|c| (c.fingerprint, c.clone())).collect();
+        let live_by_serial = live.iter().map(|c| (c.serial_hex.clone(), c.clone())).collect();
+
+        let verifier = LiveCertVerifier::new(client_ca, &live, provider.clone())?;
+        let mut tls = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Error::Tls { what: "protocol versions".into(), source: e })?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(certs));
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+
+        Ok(Snapshot {
+            generation,
+            routes,
+            route_by_host,
+            live_by_fingerprint,
+            live_by_serial,
+            cookie_keys,
+            tls: Arc::new(tls),
+        })
+    }
+
+    /// The route serving `host` (lowercase, no port).
+    pub fn route(&self, host: &str) -> Option<&Arc<Route>> {
+        self.route_by_host.get(host).map(|&i| &self.routes[i])
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    pub fn live_by_fingerprint(&self, fp: &Fingerprint) -> Option<&Arc<LiveCert>> {
+        self.live_by_fingerprint.get(fp)
+    }
+
+    pub fn live_by_serial(&self, serial_hex: &str) -> Option<&Arc<LiveCert>> {
+        self.live_by_serial.get(serial_hex)
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live_by_serial.len()
+    }
+
+    /// Newest first.
+    pub fn cookie_keys(&self) -> &[[u8; 32]] {
+        &self.cookie_keys
+    }
+
+    /// The TLS configuration for new connections.
+    pub fn tls(&self) -> &Arc<ServerConfig> {
+        &self.tls
+    }
+}
+
+/// Picks the server certificate by SNI; clients without SNI (an IP address in the URL)
+/// get the first route's certificate.
+#[derive(Debug, Default)]
+struct SniResolver {
+    by_host: HashMap<String, Arc<CertifiedKey>>,
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match hello.server_name() {
+            // rustls lowercases nothing: SNI is case-insensitive.
+            Some(name) => self
+                .by_host
+                .get(name)
+                .or_else(|| self.by_host.get(&name.to_ascii_lowercase()))
+                .or(self.fallback.as_ref())
+                .cloned(),
+            None => self.fallback.clone(),
+        }
+    }
+}
+
+/// Client-certificate check: a chain to the CA (webpki) *and* a certificate on the
+/// allowlist of live identities. A certificate the CA signed for an identity that was
+/// since revoked or deleted fails the handshake, so no CRL lookup is needed on the hot
+/// path; the CRL is still published for other software.
+#[derive(Debug)]
+struct LiveCertVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    live: std::collections::HashSet<Fingerprint>,
+}
+
+impl LiveCertVerifier {
+    fn new(
+        roots: Vec<CertificateDer<'static>>,
+        live: &[Arc<LiveCert>],
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self> {
+        let mut store = RootCertStore::empty();
+        for root in roots {
+            store
+                .add(root)
+                .map_err(|e| Error::Tls { what: "client CA certificate".into(), source: e })?;
+        }
+        let chain = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+            // Certificate-less requests must reach admission (cookie, bypass, 403 page).
+            .allow_unauthenticated()
+            // Revocation is the allowlist below, not a CRL.
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| Error::Config(format!("client certificate verifier: {e}")))?;
+        Ok(Self { chain, live: live.iter().map(|c| c.fingerprint).collect() })
+    }
+}
+
+impl ClientCertVerifier for LiveCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.chain.verify_client_cert(end_entity, intermediates, now)?;
+        if self.live.contains(&fingerprint(end_entity)) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// What the proxy holds: the newest snapshot, `None` until a source produced the first.
+pub type SnapshotRx = tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
