@@ -70,9 +70,14 @@ impl DenyReason {
 pub enum Decision {
     /// Admitted by its client certificate; `set_cookie` is a `Set-Cookie` value to add to an
     /// ordinary (non-101) response when the request carried no fresh cookie.
-    Certificate { cert: Arc<LiveCert>, set_cookie: Option<String> },
+    Certificate {
+        cert: Arc<LiveCert>,
+        set_cookie: Option<String>,
+    },
     /// Admitted by a cookie earned with a certificate earlier.
-    Cookie { cert: Arc<LiveCert> },
+    Cookie {
+        cert: Arc<LiveCert>,
+    },
     /// A bypass path: forwarded anonymously.
     Bypass,
     Deny(DenyReason),
@@ -140,7 +145,11 @@ pub fn admit(snapshot: &Snapshot, route: &Route, req: &Request<'_>) -> Decision 
         }
     }
 
-    if route.bypass.iter().any(|b| bypass_matches(b, req.method, req.path)) {
+    if route
+        .bypass
+        .iter()
+        .any(|b| bypass_matches(b, req.method, req.path))
+    {
         return Decision::Bypass;
     }
     Decision::Deny(reason)
@@ -185,7 +194,10 @@ fn is_canonical_path(path: &str) -> bool {
     }
     // Any escape of '.', '/', '\' or '%' itself is a path trick, never a real webhook id.
     let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%25", "%00"].iter().any(|esc| lower.contains(esc)) {
+    if ["%2e", "%2f", "%5c", "%25", "%00"]
+        .iter()
+        .any(|esc| lower.contains(esc))
+    {
         return false;
     }
     let mut segments = path[1..].split('/').peekable();

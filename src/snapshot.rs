@@ -75,7 +75,9 @@ pub struct Route {
 impl Route {
     /// Whether this route lets the holder of `cert` in.
     pub fn admits(&self, cert: &LiveCert) -> bool {
-        self.selector.as_ref().is_none_or(|s| s.matches(&cert.labels))
+        self.selector
+            .as_ref()
+            .is_none_or(|s| s.matches(&cert.labels))
     }
 }
 
@@ -121,18 +123,29 @@ impl Snapshot {
     /// Validates and indexes `parts`. Fails (and the caller keeps its previous snapshot)
     /// when a host is claimed twice, a key does not fit, or no cookie key exists.
     pub fn build(parts: SnapshotParts, generation: u64) -> Result<Snapshot> {
-        let SnapshotParts { client_ca, routes: sources, live, cookie_keys } = parts;
+        let SnapshotParts {
+            client_ca,
+            routes: sources,
+            live,
+            cookie_keys,
+        } = parts;
         if cookie_keys.is_empty() {
-            return Err(Error::Config("no cookie key: the cookie-keys ring is empty".into()));
+            return Err(Error::Config(
+                "no cookie key: the cookie-keys ring is empty".into(),
+            ));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut certs = SniResolver::default();
         let mut routes = Vec::with_capacity(sources.len());
         let mut route_by_host = HashMap::new();
         for (index, source) in sources.into_iter().enumerate() {
-            let key = provider.key_provider.load_private_key(source.key).map_err(|e| {
-                Error::Tls { what: format!("route {}: server key", source.route.name), source: e }
-            })?;
+            let key = provider
+                .key_provider
+                .load_private_key(source.key)
+                .map_err(|e| Error::Tls {
+                    what: format!("route {}: server key", source.route.name),
+                    source: e,
+                })?;
             let certified = Arc::new(CertifiedKey::new(source.cert_chain, key));
             for host in &source.route.hosts {
                 if let Some(other) = route_by_host.insert(host.clone(), index) {
@@ -150,12 +163,18 @@ impl Snapshot {
 
         let live: Vec<Arc<LiveCert>> = live.into_iter().map(Arc::new).collect();
         let live_by_fingerprint = live.iter().map(|c| (c.fingerprint, c.clone())).collect();
-        let live_by_serial = live.iter().map(|c| (c.serial_hex.clone(), c.clone())).collect();
+        let live_by_serial = live
+            .iter()
+            .map(|c| (c.serial_hex.clone(), c.clone()))
+            .collect();
 
         let verifier = LiveCertVerifier::new(client_ca, &live, provider.clone())?;
         let mut tls = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| Error::Tls { what: "protocol versions".into(), source: e })?
+            .map_err(|e| Error::Tls {
+                what: "protocol versions".into(),
+                source: e,
+            })?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(certs));
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -244,9 +263,10 @@ impl LiveCertVerifier {
     ) -> Result<Self> {
         let mut store = RootCertStore::empty();
         for root in roots {
-            store
-                .add(root)
-                .map_err(|e| Error::Tls { what: "client CA certificate".into(), source: e })?;
+            store.add(root).map_err(|e| Error::Tls {
+                what: "client CA certificate".into(),
+                source: e,
+            })?;
         }
         let chain = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
             // Certificate-less requests must reach admission (cookie, bypass, 403 page).
@@ -255,7 +275,10 @@ impl LiveCertVerifier {
             .allow_unknown_revocation_status()
             .build()
             .map_err(|e| Error::Config(format!("client certificate verifier: {e}")))?;
-        Ok(Self { chain, live: live.iter().map(|c| c.fingerprint).collect() })
+        Ok(Self {
+            chain,
+            live: live.iter().map(|c| c.fingerprint).collect(),
+        })
     }
 }
 
@@ -278,11 +301,15 @@ impl ClientCertVerifier for LiveCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.chain.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
         if self.live.contains(&fingerprint(end_entity)) {
             Ok(verified)
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ))
         }
     }
 

@@ -38,19 +38,28 @@ pub async fn serve_admin(
                 "/readyz" if snapshots.borrow().is_some() => {
                     (StatusCode::OK, "text/plain", "ready\n".to_owned())
                 }
-                "/readyz" => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no configuration\n".to_owned())
-                }
+                "/readyz" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no configuration\n".to_owned(),
+                ),
                 "/metrics" => (
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     Metrics::encode(&registry),
                 ),
-                _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "not found\n".to_owned(),
+                ),
             };
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             *resp.status_mut() = status;
-            resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(content_type),
+            );
             async move { Ok::<_, Infallible>(resp) }
         });
         tokio::spawn(async move {

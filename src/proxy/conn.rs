@@ -48,16 +48,27 @@ pub async fn handle(
 
     let mut client = peer;
     if contains(&shared.settings.proxy_protocol_from, peer.ip()) {
-        match timeout(limits.handshake_timeout, proxy_protocol::read_header(&mut tcp)).await {
+        match timeout(
+            limits.handshake_timeout,
+            proxy_protocol::read_header(&mut tcp),
+        )
+        .await
+        {
             Ok(Ok(Some(addr))) => client = addr,
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "bad PROXY header");
-                metrics.handshake_failures.get_or_create(&reason("proxy_protocol")).inc();
+                metrics
+                    .handshake_failures
+                    .get_or_create(&reason("proxy_protocol"))
+                    .inc();
                 return;
             }
             Err(_) => {
-                metrics.handshake_failures.get_or_create(&reason("timeout")).inc();
+                metrics
+                    .handshake_failures
+                    .get_or_create(&reason("timeout"))
+                    .inc();
                 return;
             }
         }
@@ -78,14 +89,20 @@ pub async fn handle(
             return;
         }
         Err(_) => {
-            metrics.handshake_failures.get_or_create(&reason("timeout")).inc();
+            metrics
+                .handshake_failures
+                .get_or_create(&reason("timeout"))
+                .inc();
             return;
         }
     };
     drop(snapshot);
 
     let (_, session) = tls.get_ref();
-    let client_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| fingerprint(c));
+    let client_cert = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| fingerprint(c));
     let info = Arc::new(ConnInfo {
         client,
         peer,

@@ -26,24 +26,38 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     // The newest snapshot: a revoke applies to the very next request on any connection.
     let Some(snapshot) = shared.snapshots.borrow().clone() else {
-        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n"));
+        return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration loaded yet\n",
+        ));
     };
     let Some(host) = request_host(&req) else {
-        return Ok(plain(StatusCode::BAD_REQUEST, "missing or invalid Host header\n"));
+        return Ok(plain(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Host header\n",
+        ));
     };
     let Some(route) = snapshot.route(&host).cloned() else {
-        return Ok(plain(StatusCode::MISDIRECTED_REQUEST, "no route serves this host\n"));
+        return Ok(plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            "no route serves this host\n",
+        ));
     };
     // A connection opened for one route must not be steered to another by its Host
     // header: each route has its own identity selector.
     if let Some(sni) = &conn.sni {
         if !snapshot.route(sni).is_some_and(|r| Arc::ptr_eq(r, &route)) {
-            return Ok(plain(StatusCode::MISDIRECTED_REQUEST, "Host does not match TLS SNI\n"));
+            return Ok(plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "Host does not match TLS SNI\n",
+            ));
         }
     }
 
     let cookie_name = route.cookie.as_ref().map(|c| c.name.as_str());
-    let cookies = cookie_name.map(|n| admission::cookie_values(req.headers(), n)).unwrap_or_default();
+    let cookies = cookie_name
+        .map(|n| admission::cookie_values(req.headers(), n))
+        .unwrap_or_default();
     let decision = admission::admit(
         &snapshot,
         &route,
@@ -70,14 +84,25 @@ pub async fn handle(
 
     let identity = decision.identity().map(|c| c.identity.as_str());
     let upgrade = is_upgrade(&req);
-    prepare(&mut req, &route, &conn, &shared, &host, identity, cookie_name);
+    prepare(
+        &mut req,
+        &route,
+        &conn,
+        &shared,
+        &host,
+        identity,
+        cookie_name,
+    );
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let mut resp = match shared.upstream.request(req).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(route = %route.name, upstream = %route.upstream, error = %e, "upstream unreachable");
-            return Ok(plain(StatusCode::BAD_GATEWAY, "the upstream service is not reachable\n"));
+            return Ok(plain(
+                StatusCode::BAD_GATEWAY,
+                "the upstream service is not reachable\n",
+            ));
         }
     };
 
@@ -90,14 +115,23 @@ pub async fn handle(
                 _ => None,
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(shared.clone(), client_upgrade, upstream_upgrade, credential));
+            tokio::spawn(tunnel(
+                shared.clone(),
+                client_upgrade,
+                upstream_upgrade,
+                credential,
+            ));
         }
         // No Set-Cookie on a 101: iOS Safari ignores it there.
         return Ok(resp.map(|b| b.boxed()));
     }
 
     headers::strip_hop_by_hop(resp.headers_mut(), false);
-    if let Decision::Certificate { set_cookie: Some(cookie), .. } = &decision {
+    if let Decision::Certificate {
+        set_cookie: Some(cookie),
+        ..
+    } = &decision
+    {
         if let Ok(v) = HeaderValue::from_str(cookie) {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
@@ -135,8 +169,11 @@ fn prepare(
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     // The path was parsed by hyper, so it is a valid origin-form; the authority is the
     // route's validated upstream.
-    if let Ok(uri) =
-        Uri::builder().scheme("http").authority(route.upstream.clone()).path_and_query(path).build()
+    if let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(route.upstream.clone())
+        .path_and_query(path)
+        .build()
     {
         *req.uri_mut() = uri;
     }
@@ -150,12 +187,19 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         Some(authority) => authority.host().to_owned(),
         None => {
             let value = req.headers().get(header::HOST)?.to_str().ok()?;
-            value.parse::<http::uri::Authority>().ok()?.host().to_owned()
+            value
+                .parse::<http::uri::Authority>()
+                .ok()?
+                .host()
+                .to_owned()
         }
     };
     let host = raw.trim_end_matches('.').to_ascii_lowercase();
     // IPv6 literals come bracketed; routes list them bare.
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     (!host.is_empty()).then_some(host)
 }
 
@@ -167,7 +211,10 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Shuttles bytes between the upgraded client and upstream until either side closes or
@@ -199,12 +246,20 @@ fn count(shared: &Shared, route: &Route, decision: &Decision) {
         Decision::Deny(reason) => reason.as_str(),
         _ => "",
     };
-    let labels = RequestLabels { route: route.name.clone(), admission: decision.path_label(), reason };
+    let labels = RequestLabels {
+        route: route.name.clone(),
+        admission: decision.path_label(),
+        reason,
+    };
     shared.metrics.requests.get_or_create(&labels).inc();
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -232,6 +287,10 @@ fn denied<B>(req: &Request<B>, reason: DenyReason) -> Response<Body> {
         );
         full(StatusCode::FORBIDDEN, "application/json", body)
     } else {
-        full(StatusCode::FORBIDDEN, "text/html; charset=utf-8", DENIED_PAGE)
+        full(
+            StatusCode::FORBIDDEN,
+            "text/html; charset=utf-8",
+            DENIED_PAGE,
+        )
     }
 }

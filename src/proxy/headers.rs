@@ -71,8 +71,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     let chain = fwd
         .peer_trusted
         .then(|| {
-            let sent: Vec<&str> =
-                headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()).collect();
+            let sent: Vec<&str> = headers
+                .get_all(&XFF)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
             sent.join(", ")
         })
         .filter(|chain| !chain.is_empty());
@@ -126,7 +129,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -154,7 +160,10 @@ mod tests {
 
     #[test]
     fn trusted_peer_chain_is_appended() {
-        let mut h = map(&[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "10.0.0.2")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
         let fwd = Forwarded {
             client_ip: "10.0.0.3".parse().unwrap(),
             peer_trusted: true,

@@ -138,7 +138,11 @@ pub async fn serve(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            shared.metrics.handshake_failures.get_or_create(&reason("connection_limit")).inc();
+            shared
+                .metrics
+                .handshake_failures
+                .get_or_create(&reason("connection_limit"))
+                .inc();
             continue;
         };
         let _ = tcp.set_nodelay(true);

@@ -39,7 +39,9 @@ pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Opt
         });
     }
     if !buf.starts_with(b"PROXY ") {
-        return Err(invalid("expected a PROXY protocol header from a trusted proxy"));
+        return Err(invalid(
+            "expected a PROXY protocol header from a trusted proxy",
+        ));
     }
     while !buf.ends_with(b"\r\n") {
         if buf.len() >= V1_MAX {
