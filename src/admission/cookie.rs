@@ -42,13 +42,19 @@ fn unix(t: SystemTime) -> u64 {
 pub fn issue_cookie(key: &[u8; 32], serial: &str, host: &str, expires: SystemTime) -> String {
     let expires = unix(expires);
     let tag = mac(key, serial, host, expires).finalize().into_bytes();
-    format!("{VERSION}.{serial}.{expires}.{}", URL_SAFE_NO_PAD.encode(tag))
+    format!(
+        "{VERSION}.{serial}.{expires}.{}",
+        URL_SAFE_NO_PAD.encode(tag)
+    )
 }
 
 /// The `Set-Cookie` header value for a cookie. `__Host-` names require `Secure`, `Path=/`
 /// and no `Domain`; `SameSite=Lax` keeps it off cross-site subrequests.
 pub fn set_cookie_header(name: &str, value: &str, ttl: Duration) -> String {
-    format!("{name}={value}; Max-Age={}; Path=/; Secure; HttpOnly; SameSite=Lax", ttl.as_secs())
+    format!(
+        "{name}={value}; Max-Age={}; Path=/; Secure; HttpOnly; SameSite=Lax",
+        ttl.as_secs()
+    )
 }
 
 /// Returns the certificate serial the cookie vouches for.
@@ -72,18 +78,26 @@ pub(super) fn verify_cookie_until(
         return Err(CookieError::Invalid);
     }
     let mut parts = value.split('.');
-    let (Some(VERSION), Some(serial), Some(expires), Some(tag), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(VERSION), Some(serial), Some(expires), Some(tag), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(CookieError::Invalid);
     };
     if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(CookieError::Invalid);
     }
     let expires: u64 = expires.parse().map_err(|_| CookieError::Invalid)?;
-    let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| CookieError::Invalid)?;
+    let tag = URL_SAFE_NO_PAD
+        .decode(tag)
+        .map_err(|_| CookieError::Invalid)?;
     // verify_slice compares in constant time; try the newest key first.
-    let genuine = keys.iter().any(|key| mac(key, serial, host, expires).verify_slice(&tag).is_ok());
+    let genuine = keys
+        .iter()
+        .any(|key| mac(key, serial, host, expires).verify_slice(&tag).is_ok());
     if !genuine {
         return Err(CookieError::Invalid);
     }

@@ -45,13 +45,13 @@ pub async fn handle(
     };
     // A connection opened for one route must not be steered to another by its Host
     // header: each route has its own identity selector.
-    if let Some(sni) = &conn.sni {
-        if !snapshot.route(sni).is_some_and(|r| Arc::ptr_eq(r, &route)) {
-            return Ok(plain(
-                StatusCode::MISDIRECTED_REQUEST,
-                "Host does not match TLS SNI\n",
-            ));
-        }
+    if let Some(sni) = &conn.sni
+        && !snapshot.route(sni).is_some_and(|r| Arc::ptr_eq(r, &route))
+    {
+        return Ok(plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Host does not match TLS SNI\n",
+        ));
     }
 
     let cookie_name = route.cookie.as_ref().map(|c| c.name.as_str());
@@ -131,10 +131,9 @@ pub async fn handle(
         set_cookie: Some(cookie),
         ..
     } = &decision
+        && let Ok(v) = HeaderValue::from_str(cookie)
     {
-        if let Ok(v) = HeaderValue::from_str(cookie) {
-            resp.headers_mut().append(header::SET_COOKIE, v);
-        }
+        resp.headers_mut().append(header::SET_COOKIE, v);
     }
     Ok(resp.map(|b| b.boxed()))
 }

@@ -115,10 +115,10 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
         .map(str::to_owned)
         .collect();
     headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-            headers.insert(header::COOKIE, v);
-        }
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
     }
 }
 
