@@ -10,13 +10,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
-pub mod sources;
 pub mod pki;
+pub mod proxy;
 pub mod resources;
 pub mod snapshot;
+pub mod sources;
 pub mod state;
 pub mod telemetry;
-pub mod proxy;
 
 use std::path::PathBuf;
 
@@ -25,7 +25,11 @@ use std::path::PathBuf;
 pub enum Error {
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// A file exists but its contents are unusable. Never "fixed" by regenerating it.
     #[error("{path} is not usable: {reason}")]
@@ -47,7 +51,10 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::Pki`].
     pub fn pki(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        Error::Pki { what: what.into(), reason: reason.to_string() }
+        Error::Pki {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
     }
 }
 

@@ -48,14 +48,26 @@ impl Metrics {
     /// Registers every metric under the `portcullis_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("portcullis");
-        r.register("requests", "Requests by route and admission path", self.requests.clone());
+        r.register(
+            "requests",
+            "Requests by route and admission path",
+            self.requests.clone(),
+        );
         r.register(
             "handshake_failures",
             "TLS handshakes that failed, by reason",
             self.handshake_failures.clone(),
         );
-        r.register("open_connections", "Open client connections", self.open_connections.clone());
-        r.register("open_websockets", "Open upgraded connections", self.open_websockets.clone());
+        r.register(
+            "open_connections",
+            "Open client connections",
+            self.open_connections.clone(),
+        );
+        r.register(
+            "open_websockets",
+            "Open upgraded connections",
+            self.open_websockets.clone(),
+        );
         r.register(
             "certificate_expiry_timestamp_seconds",
             "notAfter of each certificate in use",
@@ -87,7 +99,9 @@ impl Metrics {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

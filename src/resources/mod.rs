@@ -6,6 +6,7 @@
 
 mod client_identity;
 mod protected_route;
+pub mod validate;
 
 pub use client_identity::{
     ClientIdentity, ClientIdentitySpec, ClientIdentityStatus, KeyAlgorithm, Pkcs12Profile,
@@ -15,6 +16,8 @@ pub use protected_route::{
     BypassRule, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute, ProtectedRouteSpec,
     ProtectedRouteStatus, ServerCertificate, ServiceRef, Upstream,
 };
+
+pub use validate::{Problem, identity_problems, route_problems};
 
 use kube::CustomResourceExt;
 

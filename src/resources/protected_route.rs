@@ -116,7 +116,11 @@ pub struct CookieFallback {
 
 impl Default for CookieFallback {
     fn default() -> Self {
-        Self { enabled: true, ttl: default_cookie_ttl(), name: default_cookie_name() }
+        Self {
+            enabled: true,
+            ttl: default_cookie_ttl(),
+            name: default_cookie_name(),
+        }
     }
 }
 

@@ -1,0 +1,351 @@
+//! The `portcullis` command line. Everything real lives in the library; this file parses
+//! arguments, wires tasks together and turns errors into one clear message and exit code.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use portcullis::sources::{self, ExportFormat};
+use portcullis::state::StateDir;
+use portcullis::telemetry::{Metrics, init_logging};
+use portcullis::{proxy, resources};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long open connections get to finish after SIGINT/SIGTERM.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A mutual-TLS gate for self-hosted Home Assistant: a small CA, one client certificate
+/// per device, and the proxy that lets in only those devices.
+#[derive(Parser)]
+#[command(name = "portcullis", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gate without Kubernetes, from a YAML file of ProtectedRoutes and
+    /// ClientIdentities; state (CA, certificates, device files) lives in a directory.
+    Standalone(Standalone),
+    /// Run the Kubernetes operator (controller and data plane). Not implemented yet.
+    Operator {
+        /// Which part to run.
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
+    /// Print the CustomResourceDefinitions generated from the Rust types.
+    Crd,
+    /// Validate a standalone config file and report every problem.
+    Check {
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Device identities.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// The key ring that signs fallback cookies.
+    #[command(subcommand)]
+    CookieKey(CookieKeyCommand),
+}
+
+#[derive(clap::Args)]
+struct Standalone {
+    /// The config file (watched; changes apply within a second).
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: PathBuf,
+    /// Where the CA, certificates and device files are kept.
+    #[arg(
+        long,
+        env = "PORTCULLIS_STATE_DIR",
+        default_value = "./portcullis-state"
+    )]
+    state_dir: PathBuf,
+    /// Address of the TLS listener.
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    admin_listen: SocketAddr,
+    /// A proxy (CIDR or IP) whose X-Forwarded-For chain is trusted. Repeatable.
+    #[arg(long, env = "PORTCULLIS_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_net)]
+    trusted_proxy: Vec<IpNet>,
+    /// Peers (CIDR or IP) that must send a PROXY protocol header. Repeatable.
+    #[arg(long, env = "PORTCULLIS_PROXY_PROTOCOL_FROM", value_delimiter = ',', value_parser = parse_net)]
+    proxy_protocol_from: Vec<IpNet>,
+    /// Log as JSON lines.
+    #[arg(long, env = "PORTCULLIS_LOG_JSON", value_parser = clap::builder::FalseyValueParser::new())]
+    log_json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Controller,
+    Proxy,
+    All,
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Write a device's files: a .p12 keystore (prints its password) or PEM files.
+    Export {
+        /// The ClientIdentity's name.
+        name: String,
+        /// p12: one password-protected file for phones and browsers; pem: a directory
+        /// with tls.crt, tls.key and ca.crt.
+        #[arg(long, value_enum, default_value = "p12")]
+        format: Format,
+        /// Standalone state directory (required until Kubernetes export exists).
+        #[arg(long, env = "PORTCULLIS_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Output path. Default: NAME.p12, or the directory NAME/ for pem.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    P12,
+    Pem,
+}
+
+#[derive(Subcommand)]
+enum CookieKeyCommand {
+    /// Sign new cookies with a fresh key; the previous key still verifies, so nobody is
+    /// logged out. A running gate picks the change up within a second.
+    Rotate {
+        /// Standalone state directory.
+        #[arg(long, env = "PORTCULLIS_STATE_DIR")]
+        state_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Standalone(args) => standalone(args),
+        Command::Operator { role: _ } => {
+            eprintln!(
+                "error: the Kubernetes operator is not implemented yet; \
+                 run `portcullis standalone --config FILE` instead"
+            );
+            return ExitCode::from(2);
+        }
+        Command::Crd => {
+            print!("{}", resources::crd_yaml());
+            Ok(())
+        }
+        Command::Check { config } => return check(&config),
+        Command::Identity(IdentityCommand::Export {
+            name,
+            format,
+            state_dir,
+            output,
+        }) => export(&name, format, state_dir, output),
+        Command::CookieKey(CookieKeyCommand::Rotate { state_dir }) => rotate(state_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not a CIDR (10.0.0.0/8) or IP address"))
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    match sources::load_config(config) {
+        Ok(c) => {
+            println!(
+                "ok: {} routes, {} identities",
+                c.routes.len(),
+                c.identities.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for problem in &errors.0 {
+                eprintln!("{problem}");
+            }
+            let n = errors.0.len();
+            eprintln!(
+                "error: {n} problem{} in {}",
+                if n == 1 { "" } else { "s" },
+                config.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn export(
+    name: &str,
+    format: Format,
+    state_dir: Option<PathBuf>,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let Some(state_dir) = state_dir else {
+        bail!(
+            "exporting from Kubernetes is not available yet; pass --state-dir DIR for a \
+             standalone installation"
+        );
+    };
+    let format = match format {
+        Format::P12 => ExportFormat::P12,
+        Format::Pem => ExportFormat::Pem,
+    };
+    let state = StateDir::new(state_dir);
+    let exported = sources::export_identity(&state, name, format, output.as_deref())?;
+    for path in &exported.paths {
+        println!("wrote {}", path.display());
+    }
+    if let Some(password) = exported.password {
+        println!("password: {password}");
+    }
+    Ok(())
+}
+
+fn rotate(state_dir: PathBuf) -> anyhow::Result<()> {
+    let state = StateDir::new(state_dir);
+    if !state.ca_cert_path().is_file() {
+        bail!(
+            "{} is not a Portcullis state directory (no ca/tls.crt); start `portcullis \
+             standalone` once first",
+            state.root().display()
+        );
+    }
+    let keys = state.rotate_cookie_keys()?;
+    println!(
+        "rotated: new cookies are signed with a new key; {} key(s) verify. A running gate \
+         picks this up within a second.",
+        keys.len()
+    );
+    Ok(())
+}
+
+fn standalone(args: Standalone) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run_standalone(args))
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "another process holds the port",
+            std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges",
+            _ => "check the address",
+        };
+        anyhow!("cannot listen on {addr}: {e} ({hint}; choose another with {flag})")
+    })
+}
+
+async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
+    let listener = bind(args.listen, "--listen").await?;
+    let admin = bind(args.admin_listen, "--admin-listen").await?;
+    let listen = listener.local_addr().unwrap_or(args.listen);
+
+    let state = StateDir::new(&args.state_dir);
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let (config, st, m) = (args.config.clone(), state.clone(), metrics.clone());
+    let loaded = tokio::task::spawn_blocking(move || sources::file::load_initial(&config, &st, &m))
+        .await
+        .context("initial load")?
+        .map_err(|e| match e {
+            portcullis::Error::Config(list) if list.contains('\n') => {
+                anyhow!("the configuration has problems:\n{list}")
+            }
+            e => anyhow!(e),
+        })?;
+    if loaded.created_ca {
+        print!("{}", sources::instructions(&loaded.config, &state, listen));
+    }
+    tracing::info!(
+        %listen,
+        admin = %admin.local_addr().unwrap_or(args.admin_listen),
+        routes = loaded.snapshot.routes().len(),
+        identities = loaded.snapshot.live_count(),
+        state_dir = %state.root().display(),
+        "portcullis standalone serving"
+    );
+
+    let (tx, rx) = tokio::sync::watch::channel(Some(loaded.snapshot));
+    let shutdown = CancellationToken::new();
+    let settings = proxy::Settings {
+        trusted_proxies: args.trusted_proxy,
+        proxy_protocol_from: args.proxy_protocol_from,
+        limits: proxy::Limits::default(),
+    };
+    let tasks = [
+        tokio::spawn(proxy::serve(
+            listener,
+            rx.clone(),
+            settings,
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(proxy::serve_admin(
+            admin,
+            rx,
+            Arc::new(registry),
+            shutdown.clone(),
+        )),
+        tokio::spawn(sources::file::run(
+            args.config,
+            state,
+            tx,
+            metrics,
+            shutdown.clone(),
+        )),
+    ];
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let drained = tokio::time::timeout(DRAIN, futures_join(tasks)).await;
+    if drained.is_err() {
+        tracing::warn!(
+            "connections still open after {}s; closing them",
+            DRAIN.as_secs()
+        );
+    }
+    Ok(())
+}
+
+async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 3]) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler"),
+        _ = term.recv() => Ok(()),
+    }
+}

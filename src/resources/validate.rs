@@ -1,0 +1,322 @@
+//! Semantic checks of the two specs, shared by the standalone loader and the operator.
+//!
+//! The schema (serde, CRD) catches shapes; these functions catch meaning: a host that is
+//! not a host, a URL that is not `http://host:port`, a duration that does not parse. Each
+//! [`Problem`] names the field and says what to write instead, and every problem is
+//! reported, not just the first.
+
+use std::fmt;
+use std::time::Duration;
+
+mod syntax;
+
+pub use syntax::{is_dns_label, is_valid_host, parse_duration, upstream_authority};
+use syntax::{is_standard_method, is_tchar};
+
+use super::{BypassRule, ClientIdentitySpec, CookieFallback, ProtectedRouteSpec, Upstream};
+
+/// Shortest and longest accepted cookie lifetimes.
+pub const COOKIE_TTL_RANGE: (Duration, Duration) = (MINUTE, Duration::from_secs(7 * DAY_SECS));
+/// Device certificate lifetime when `validity` is absent.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(365 * DAY_SECS);
+/// Shortest accepted device certificate lifetime.
+pub const MIN_VALIDITY: Duration = Duration::from_secs(3600);
+/// Upper bound of the default `renewBefore` (a third of the validity).
+pub const MAX_DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * DAY_SECS);
+/// Longest accepted certificate common name (X.509 `ub-common-name`).
+pub const MAX_COMMON_NAME_LEN: usize = 64;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY_SECS: u64 = 24 * 3600;
+
+/// One thing wrong with a resource: the field's path and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the field, e.g. `spec.upstream.url` or `spec.hosts[1]`.
+    pub field: String,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem of a ProtectedRoute spec.
+pub fn route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    host_problems(&spec.hosts, &mut out);
+    upstream_problems(&spec.upstream, &mut out);
+    let sc = &spec.server_certificate;
+    if sc.issue.is_some() && sc.secret_name.is_some() {
+        out.push(Problem::new(
+            "spec.serverCertificate",
+            "set either `issue: {}` or `secretName`, not both",
+        ));
+    }
+    if sc
+        .secret_name
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
+        out.push(Problem::new(
+            "spec.serverCertificate.secretName",
+            "is empty",
+        ));
+    }
+    if let Some(selector) = &spec.client_auth.identity_selector
+        && let Err(e) = kube::core::Selector::try_from(selector.clone())
+    {
+        out.push(Problem::new(
+            "spec.clientAuth.identitySelector",
+            format!("{e}; operators are In, NotIn (both with values), Exists, DoesNotExist"),
+        ));
+    }
+    cookie_problems(&spec.client_auth.cookie_fallback, &mut out);
+    for (i, rule) in spec.bypass.iter().enumerate() {
+        bypass_problems(&format!("spec.bypass[{i}]"), rule, &mut out);
+    }
+    out
+}
+
+/// Every problem of a ClientIdentity spec.
+pub fn identity_problems(spec: &ClientIdentitySpec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(cn) = &spec.common_name {
+        if cn.trim().is_empty() {
+            out.push(Problem::new(
+                "spec.commonName",
+                "is empty; remove it to use the name",
+            ));
+        } else if cn.chars().count() > MAX_COMMON_NAME_LEN {
+            out.push(Problem::new(
+                "spec.commonName",
+                format!("is longer than {MAX_COMMON_NAME_LEN} characters; shorten it"),
+            ));
+        }
+    }
+    if let Err(problems) = identity_timing(spec) {
+        out.extend(problems);
+    }
+    if let Some(r) = &spec.pkcs12.password_secret_ref
+        && r.name.trim().is_empty()
+    {
+        out.push(Problem::new(
+            "spec.pkcs12.passwordSecretRef.name",
+            "is empty",
+        ));
+    }
+    out
+}
+
+/// A ClientIdentity's certificate lifetime and how long before expiry it is renewed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentityTiming {
+    pub validity: Duration,
+    pub renew_before: Duration,
+}
+
+/// Resolves `validity` and `renewBefore` with their defaults.
+pub fn identity_timing(spec: &ClientIdentitySpec) -> Result<IdentityTiming, Vec<Problem>> {
+    let mut out = Vec::new();
+    let validity = match spec.validity.as_deref().map(parse_duration).transpose() {
+        Ok(v) => v.unwrap_or(DEFAULT_VALIDITY),
+        Err(e) => {
+            out.push(Problem::new("spec.validity", e));
+            DEFAULT_VALIDITY
+        }
+    };
+    if validity < MIN_VALIDITY {
+        out.push(Problem::new(
+            "spec.validity",
+            "must be at least 1h; write e.g. 365d",
+        ));
+    }
+    let renew_before = match spec.renew_before.as_deref().map(parse_duration).transpose() {
+        Ok(Some(r)) => r,
+        Ok(None) => (validity / 3).min(MAX_DEFAULT_RENEW_BEFORE),
+        Err(e) => {
+            out.push(Problem::new("spec.renewBefore", e));
+            Duration::ZERO
+        }
+    };
+    if spec.renew_before.is_some() && renew_before >= validity {
+        out.push(Problem::new(
+            "spec.renewBefore",
+            format!(
+                "must be shorter than the validity ({}); write e.g. {}",
+                humantime::format_duration(validity),
+                humantime::format_duration((validity / 3).min(MAX_DEFAULT_RENEW_BEFORE)),
+            ),
+        ));
+    }
+    if out.is_empty() {
+        Ok(IdentityTiming {
+            validity,
+            renew_before,
+        })
+    } else {
+        Err(out)
+    }
+}
+
+/// The cookie lifetime, checked against [`COOKIE_TTL_RANGE`].
+pub fn cookie_ttl(cookie: &CookieFallback) -> Result<Duration, String> {
+    let ttl = parse_duration(&cookie.ttl)?;
+    let (min, max) = COOKIE_TTL_RANGE;
+    if ttl < min || ttl > max {
+        return Err(format!(
+            "{:?} is out of range; write between 1m and 7d, e.g. 1h",
+            cookie.ttl
+        ));
+    }
+    Ok(ttl)
+}
+
+fn host_problems(hosts: &[String], out: &mut Vec<Problem>) {
+    if hosts.is_empty() {
+        out.push(Problem::new(
+            "spec.hosts",
+            "is empty; list at least one name, e.g. [ha.example.org]",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let field = format!("spec.hosts[{i}]");
+        if !seen.insert(host.to_ascii_lowercase()) {
+            out.push(Problem::new(
+                field,
+                format!("{host:?} is listed twice; remove one"),
+            ));
+        } else if is_valid_host(host) {
+            continue;
+        } else if host.starts_with("*.") {
+            out.push(Problem::new(
+                field,
+                "wildcards are not supported; list each name",
+            ));
+        } else if host.contains("://") || host.contains('/') {
+            out.push(Problem::new(
+                field,
+                format!("{host:?} is a URL; write only the name"),
+            ));
+        } else if let Some((name, _)) = host.rsplit_once(':').filter(|(n, _)| is_valid_host(n)) {
+            out.push(Problem::new(
+                field,
+                format!("write the name without a port: {name}"),
+            ));
+        } else {
+            out.push(Problem::new(
+                field,
+                format!("{host:?} is not a DNS name or IP address; write e.g. ha.example.org"),
+            ));
+        }
+    }
+}
+
+fn upstream_problems(upstream: &Upstream, out: &mut Vec<Problem>) {
+    match (&upstream.service, &upstream.url) {
+        (Some(_), Some(_)) => out.push(Problem::new(
+            "spec.upstream",
+            "set either `service` or `url`, not both",
+        )),
+        (None, None) => out.push(Problem::new(
+            "spec.upstream",
+            "is empty; set `url: http://HOST:PORT` or `service: {name, port}`",
+        )),
+        (Some(service), None) => {
+            if !is_dns_label(&service.name) {
+                out.push(Problem::new(
+                    "spec.upstream.service.name",
+                    format!(
+                        "{:?} is not a Service name (lowercase a-z, 0-9, -)",
+                        service.name
+                    ),
+                ));
+            }
+            if service.port == 0 {
+                out.push(Problem::new(
+                    "spec.upstream.service.port",
+                    "must be 1-65535",
+                ));
+            }
+        }
+        (None, Some(url)) => {
+            if let Err(e) = upstream_authority(url) {
+                out.push(Problem::new("spec.upstream.url", e));
+            }
+        }
+    }
+}
+
+fn cookie_problems(cookie: &CookieFallback, out: &mut Vec<Problem>) {
+    if let Err(e) = cookie_ttl(cookie) {
+        out.push(Problem::new("spec.clientAuth.cookieFallback.ttl", e));
+    }
+    let field = "spec.clientAuth.cookieFallback.name";
+    match cookie.name.strip_prefix("__Host-") {
+        None => out.push(Problem::new(
+            field,
+            format!(
+                "{:?} must start with __Host- (browsers then pin it to this host over HTTPS); \
+                 write e.g. __Host-portcullis",
+                cookie.name
+            ),
+        )),
+        Some(rest) if rest.is_empty() || !rest.bytes().all(is_tchar) => out.push(Problem::new(
+            field,
+            format!(
+                "{:?} is not a cookie name; use letters, digits and - _ .",
+                cookie.name
+            ),
+        )),
+        Some(_) => {}
+    }
+}
+
+fn bypass_problems(prefix: &str, rule: &BypassRule, out: &mut Vec<Problem>) {
+    if !rule.path_prefix.starts_with('/') {
+        out.push(Problem::new(
+            format!("{prefix}.pathPrefix"),
+            format!(
+                "{:?} must start with /, e.g. /api/webhook/",
+                rule.path_prefix
+            ),
+        ));
+    } else if !rule.path_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        out.push(Problem::new(
+            format!("{prefix}.pathPrefix"),
+            "contains spaces or non-ASCII characters; write the path as sent on the wire",
+        ));
+    }
+    for (i, method) in rule.methods.iter().flatten().enumerate() {
+        let field = format!("{prefix}.methods[{i}]");
+        let upper = method.to_ascii_uppercase();
+        if method.is_empty() || !method.bytes().all(is_tchar) {
+            out.push(Problem::new(
+                field,
+                format!("{method:?} is not an HTTP method; write e.g. POST"),
+            ));
+        } else if upper != *method && is_standard_method(&upper) {
+            out.push(Problem::new(
+                field,
+                format!("methods are case-sensitive; write {upper}"),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

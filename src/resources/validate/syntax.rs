@@ -1,0 +1,94 @@
+//! Syntax of the small strings a spec holds: names, hosts, URLs, durations, tokens.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::uri::{Authority, Uri};
+
+/// Parses a human duration such as `1h`, `30m`, `365d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|_| {
+        format!("{text:?} is not a duration; write a number and a unit, e.g. 30m, 1h, 30d")
+    })
+}
+
+/// The `host:port` of an upstream URL, which must be `http://host:port` (path `/` at most).
+pub fn upstream_authority(url: &str) -> Result<Authority, String> {
+    let example = "write http://HOST:PORT, e.g. http://127.0.0.1:8123";
+    let uri: Uri = url
+        .trim()
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL; {example}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "https upstreams are not supported: the gate terminates TLS and speaks plain \
+                 HTTP to the upstream on a trusted network; {example}"
+            ));
+        }
+        _ => return Err(format!("{url:?} must start with http://; {example}")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{url:?} has no host; {example}"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{url:?} carries credentials; remove them, {example}"
+        ));
+    }
+    if authority.port_u16().is_none_or(|p| p == 0) {
+        return Err(format!("{url:?} has no port; add it, {example}"));
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if path != "/" {
+        return Err(format!(
+            "{url:?} has a path or query; requests keep their own path, {example}"
+        ));
+    }
+    Ok(authority.clone())
+}
+
+/// Whether `name` is a DNS-1123 label (`a-z`, `0-9`, `-`, at most 63): a safe directory
+/// name and a valid Kubernetes name.
+pub fn is_dns_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Whether `host` is an IP address or a DNS name (any case; no port, no wildcard).
+pub fn is_valid_host(host: &str) -> bool {
+    if host.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && labels.iter().all(|l| is_host_label(l))
+        && labels
+            .last()
+            .is_some_and(|tld| !tld.bytes().all(|c| c.is_ascii_digit()))
+}
+
+fn is_host_label(label: &str) -> bool {
+    let b = label.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+pub(super) fn is_standard_method(m: &str) -> bool {
+    [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ]
+    .contains(&m)
+}
+
+/// RFC 9110 `tchar`: the characters of a token (method names, cookie names).
+pub(super) fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}

@@ -1,0 +1,204 @@
+//! Getting credentials onto devices: `identity export`, and the first-start instructions
+//! (where the files are, and a `curl` line that proves the gate works).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use kube::core::SelectorExt;
+
+use super::config::Config;
+use super::name_of;
+use super::routes::resolve;
+use crate::resources::validate::is_dns_label;
+use crate::state::{PUBLIC_MODE, SECRET_MODE, StateDir, write_atomic};
+use crate::{Error, Result};
+
+/// What `identity export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `NAME.p12` (key, certificate, CA), password protected.
+    P12,
+    /// A directory with `tls.crt`, `tls.key` and `ca.crt`.
+    Pem,
+}
+
+/// Files written by [`export_identity`].
+#[derive(Debug)]
+pub struct Exported {
+    pub paths: Vec<PathBuf>,
+    /// The `.p12` password (P12 only).
+    pub password: Option<String>,
+}
+
+/// Copies an identity's device files out of the state directory to `out` (default
+/// `NAME.p12` or `NAME/`). Refuses identities without credentials and revoked ones.
+pub fn export_identity(
+    state: &StateDir,
+    name: &str,
+    format: ExportFormat,
+    out: Option<&Path>,
+) -> Result<Exported> {
+    if !is_dns_label(name) {
+        return Err(Error::Config(format!("{name:?} is not an identity name")));
+    }
+    let dir = state.identity_dir(name);
+    let Some(cert) = state.load_identity(name)? else {
+        return Err(Error::Config(format!(
+            "identity {name} has no credentials in {}; define it in the config and start \
+             `portcullis standalone` once",
+            state.root().display()
+        )));
+    };
+    let serial = &cert.info.serial_hex;
+    if state
+        .load_revoked()?
+        .iter()
+        .any(|r| &r.serial_hex == serial)
+    {
+        return Err(Error::Config(format!(
+            "identity {name} is revoked or was removed (serial {serial} is on the CRL); its \
+             files are kept for the record only"
+        )));
+    }
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read(&path).map_err(|source| Error::Io {
+            action: "read",
+            path,
+            source,
+        })
+    };
+    match format {
+        ExportFormat::P12 => {
+            let out = out.map_or_else(|| PathBuf::from(format!("{name}.p12")), Path::to_owned);
+            write_atomic(&out, &read("keystore.p12")?, SECRET_MODE)?;
+            let password = String::from_utf8_lossy(&read("keystore.p12.password")?).into_owned();
+            Ok(Exported {
+                paths: vec![out],
+                password: Some(password),
+            })
+        }
+        ExportFormat::Pem => {
+            let out = out.map_or_else(|| PathBuf::from(name), Path::to_owned);
+            let mut paths = Vec::new();
+            for (file, mode) in [
+                ("tls.crt", PUBLIC_MODE),
+                ("tls.key", SECRET_MODE),
+                ("ca.crt", PUBLIC_MODE),
+            ] {
+                let path = out.join(file);
+                write_atomic(&path, &read(file)?, mode)?;
+                paths.push(path);
+            }
+            Ok(Exported {
+                paths,
+                password: None,
+            })
+        }
+    }
+}
+
+/// The first-start message: where the CA and each device's files are, and one `curl` line
+/// per identity that reaches the gate listening on `listen`.
+pub fn instructions(config: &Config, state: &StateDir, listen: SocketAddr) -> String {
+    let root = std::path::absolute(state.root()).unwrap_or_else(|_| state.root().to_owned());
+    let state = StateDir::new(root);
+    let ca = state.ca_cert_path();
+    let mut out = String::new();
+    let _ = writeln!(out, "Portcullis is ready. CA certificate: {}", ca.display());
+    let _ = writeln!(
+        out,
+        "Device files (import keystore.p12; its password is in keystore.p12.password, or run \
+         `portcullis identity export NAME --format p12 --state-dir {}`):",
+        state.root().display()
+    );
+    let live = config.identities.iter().filter(|c| !c.spec.revoked);
+    for ci in live.clone() {
+        let name = name_of(&ci.metadata);
+        let _ = writeln!(out, "  {name}: {}", state.identity_dir(name).display());
+    }
+    let _ = writeln!(out, "Try it:");
+    for ci in live {
+        let name = name_of(&ci.metadata);
+        let labels = ci.metadata.labels.clone().unwrap_or_default();
+        let route = config
+            .routes
+            .iter()
+            .filter_map(|r| resolve(name_of(&r.metadata), &r.spec).ok())
+            .find(|r| r.selector.as_ref().is_none_or(|s| s.matches(&labels)));
+        match route.as_ref().and_then(|r| r.hosts.first()) {
+            Some(host) => {
+                let _ = writeln!(out, "  {}", curl_line(&state, name, host, listen));
+            }
+            None => {
+                let _ = writeln!(out, "  ({name}: no route admits this identity)");
+            }
+        }
+    }
+    out
+}
+
+fn curl_line(state: &StateDir, name: &str, host: &str, listen: SocketAddr) -> String {
+    let port = listen.port();
+    let target = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let dir = state.identity_dir(name);
+    let mut line = format!(
+        "curl --cacert {} --cert {} --key {}",
+        quote(&state.ca_cert_path()),
+        quote(&dir.join("tls.crt")),
+        quote(&dir.join("tls.key")),
+    );
+    let url_host = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) => format!("[{host}]"),
+        Ok(_) => host.to_owned(),
+        Err(_) => {
+            // Pin the name to the listener instead of asking DNS: the line then works on
+            // this machine whether the name is unknown, `.localhost`, or public DNS that
+            // points at the router.
+            let ip = match target {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            };
+            let _ = write!(line, " --resolve {host}:{port}:{ip}");
+            host.to_owned()
+        }
+    };
+    let _ = write!(line, " https://{url_host}:{port}/");
+    line
+}
+
+/// Quotes a path for a POSIX shell when it needs it.
+fn quote(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-:@+,".contains(c);
+    if text.chars().all(plain) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curl_pins_unknown_names_and_brackets_ipv6() {
+        let state = StateDir::new("/s");
+        let listen: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let line = curl_line(&state, "a", "ha.invalid", listen);
+        assert_eq!(
+            line,
+            "curl --cacert /s/ca/tls.crt --cert /s/identities/a/tls.crt --key \
+             /s/identities/a/tls.key --resolve ha.invalid:8443:127.0.0.1 https://ha.invalid:8443/"
+        );
+        let line = curl_line(&state, "a", "::1", "[::]:9443".parse().unwrap());
+        assert!(line.ends_with(" https://[::1]:9443/"), "{line}");
+        assert_eq!(quote(Path::new("/a b/c'd")), r"'/a b/c'\''d'");
+    }
+}

@@ -1,0 +1,159 @@
+//! A ProtectedRoute resolved for the snapshot, with the server certificate it presents:
+//! minted by the CA (renewed ahead of expiry, re-issued when the hosts change) or brought
+//! by the user.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use http::Method;
+use kube::core::Selector;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::certs::{self, normalize_host};
+use super::config::Config;
+use super::name_of;
+use super::reconcile::{Ctx, SERVER_RENEW_BEFORE, SERVER_VALIDITY};
+use crate::resources::validate::{cookie_ttl, upstream_authority};
+use crate::resources::{ProtectedRoute, ProtectedRouteSpec};
+use crate::snapshot::{Bypass, CookiePolicy, Route, RouteSource};
+use crate::state::StoredCert;
+use crate::{Error, Result};
+
+impl Ctx<'_> {
+    /// The route with its certificate chain and key.
+    pub(super) fn route_source(
+        &mut self,
+        config: &Config,
+        pr: &ProtectedRoute,
+    ) -> Result<RouteSource> {
+        let name = name_of(&pr.metadata);
+        let route = resolve(name, &pr.spec)?;
+        let (cert_chain, key_pem, not_after) = match config.own_certs.get(name) {
+            Some(own) => {
+                let chain = own
+                    .chain
+                    .iter()
+                    .map(|d| CertificateDer::from(d.clone()))
+                    .collect();
+                (chain, own.key_pem.clone(), own.info.not_after)
+            }
+            None => {
+                let cert = self.server_cert(name, &route.hosts)?;
+                (
+                    vec![CertificateDer::from(cert.cert_der)],
+                    cert.key_pem,
+                    cert.info.not_after,
+                )
+            }
+        };
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| Error::Corrupt {
+                path: self.state.route_dir(name).join("tls.key"),
+                reason: format!("no usable private key: {e}"),
+            })?;
+        self.expiry("route", name, not_after);
+        Ok(RouteSource {
+            route,
+            cert_chain,
+            key,
+        })
+    }
+
+    /// The stored server certificate, re-issued when missing, unusable, for other hosts,
+    /// from another CA, or within [`SERVER_RENEW_BEFORE`] of expiry.
+    fn server_cert(&mut self, name: &str, hosts: &[String]) -> Result<StoredCert> {
+        let existing = match self.state.load_route_cert(name) {
+            Ok(c) => c,
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::warn!("route {name}: {e}; issuing a new server certificate");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let reason = match existing {
+            None => "new route".to_owned(),
+            Some(c) => match self.server_reissue_reason(&c, hosts) {
+                None => return Ok(c),
+                Some(reason) => reason,
+            },
+        };
+        let cert = self.ca.issue_server(hosts, SERVER_VALIDITY)?;
+        self.state.save_route_cert(name, &cert)?;
+        self.changed(format!(
+            "route {name}: issued server certificate serial {} for {} ({reason})",
+            cert.info.serial_hex,
+            hosts.join(", ")
+        ));
+        Ok(StoredCert {
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            cert_der: cert.cert_der,
+            info: cert.info,
+        })
+    }
+
+    fn server_reissue_reason(&self, c: &StoredCert, hosts: &[String]) -> Option<String> {
+        let want: BTreeSet<String> = hosts.iter().cloned().collect();
+        if certs::san_hosts(&c.cert_der) != want {
+            return Some("hosts changed".into());
+        }
+        if !certs::issued_by(&c.cert_der, self.ca.cert_der()) {
+            return Some("it is from another CA".into());
+        }
+        let renew_at = c.info.not_after.checked_sub(SERVER_RENEW_BEFORE)?;
+        (SystemTime::now() >= renew_at).then(|| "renewal".to_owned())
+    }
+}
+
+/// The snapshot's view of a (valid) route: lowercase hosts, parsed upstream, selector,
+/// cookie and bypass rules.
+pub(crate) fn resolve(name: &str, spec: &ProtectedRouteSpec) -> Result<Route> {
+    let invalid = |what: String| Error::Config(format!("route {name}: {what}"));
+    let url = spec
+        .upstream
+        .url
+        .as_deref()
+        .ok_or_else(|| invalid("spec.upstream.url is required in standalone mode".into()))?;
+    let upstream = upstream_authority(url).map_err(invalid)?;
+    let selector = match &spec.client_auth.identity_selector {
+        Some(s) => Some(Selector::try_from(s.clone()).map_err(|e| invalid(e.to_string()))?),
+        None => None,
+    }
+    .filter(|s| !s.selects_all());
+    let cookie = &spec.client_auth.cookie_fallback;
+    let cookie = match cookie.enabled {
+        true => Some(CookiePolicy {
+            name: cookie.name.clone(),
+            ttl: cookie_ttl(cookie).map_err(invalid)?,
+        }),
+        false => None,
+    };
+    let mut bypass = Vec::with_capacity(spec.bypass.len());
+    for rule in &spec.bypass {
+        let methods = rule.methods.iter().flatten();
+        let methods = methods
+            .map(|m| {
+                Method::from_bytes(m.as_bytes()).map_err(|e| invalid(format!("method {m:?}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        bypass.push(Bypass {
+            path_prefix: rule.path_prefix.clone(),
+            methods,
+        });
+    }
+    let mut hosts: Vec<String> = Vec::with_capacity(spec.hosts.len());
+    for host in spec.hosts.iter().map(|h| normalize_host(h)) {
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    Ok(Route {
+        name: name.to_owned(),
+        hosts,
+        upstream,
+        selector,
+        cookie,
+        bypass,
+    })
+}
