@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod controller;
+pub mod operator;
 pub mod pki;
 pub mod proxy;
 pub mod resources;
@@ -46,6 +48,10 @@ pub enum Error {
     /// Building a TLS configuration failed.
     #[error("TLS configuration for {what}: {source}")]
     Tls { what: String, source: rustls::Error },
+
+    /// The Kubernetes controller failed (API access, leader election).
+    #[error("controller: {0}")]
+    Controller(Box<controller::Error>),
 }
 
 impl Error {

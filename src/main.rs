@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use portcullis::sources::{self, ExportFormat};
 use portcullis::state::StateDir;
 use portcullis::telemetry::{Metrics, init_logging};
-use portcullis::{proxy, resources};
+use portcullis::{operator, proxy, resources};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,12 +35,9 @@ enum Command {
     /// Run the gate without Kubernetes, from a YAML file of ProtectedRoutes and
     /// ClientIdentities; state (CA, certificates, device files) lives in a directory.
     Standalone(Standalone),
-    /// Run the Kubernetes operator (controller and data plane). Not implemented yet.
-    Operator {
-        /// Which part to run.
-        #[arg(long, value_enum, default_value = "all")]
-        role: Role,
-    },
+    /// Run the Kubernetes operator: the controller and the data plane, fed by watches
+    /// (kubeconfig or in-cluster credentials).
+    Operator(Operator),
     /// Print the CustomResourceDefinitions generated from the Rust types.
     Crd,
     /// Validate a standalone config file and report every problem.
@@ -79,12 +76,57 @@ struct Standalone {
         default_value = "127.0.0.1:9090"
     )]
     admin_listen: SocketAddr,
+    #[command(flatten)]
+    proxy: ProxyArgs,
+    /// Log as JSON lines.
+    #[arg(long, env = "PORTCULLIS_LOG_JSON", value_parser = clap::builder::FalseyValueParser::new())]
+    log_json: bool,
+}
+
+/// Who the data plane trusts to speak for clients.
+#[derive(clap::Args)]
+struct ProxyArgs {
     /// A proxy (CIDR or IP) whose X-Forwarded-For chain is trusted. Repeatable.
     #[arg(long, env = "PORTCULLIS_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_net)]
     trusted_proxy: Vec<IpNet>,
     /// Peers (CIDR or IP) that must send a PROXY protocol header. Repeatable.
     #[arg(long, env = "PORTCULLIS_PROXY_PROTOCOL_FROM", value_delimiter = ',', value_parser = parse_net)]
     proxy_protocol_from: Vec<IpNet>,
+}
+
+impl ProxyArgs {
+    fn settings(self) -> proxy::Settings {
+        proxy::Settings {
+            trusted_proxies: self.trusted_proxy,
+            proxy_protocol_from: self.proxy_protocol_from,
+            limits: proxy::Limits::default(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct Operator {
+    /// Which part to run: the controller (writes certificates; leader-elected), the data
+    /// plane (proxy), or both.
+    #[arg(long, value_enum, env = "PORTCULLIS_ROLE", default_value = "all")]
+    role: Role,
+    /// The operator's namespace, holding the CA, cookie-key and CRL Secrets and the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis")]
+    namespace: String,
+    /// Name of the CA Secret; name an existing kubernetes.io/tls Secret to bring your own CA.
+    #[arg(long, env = "PORTCULLIS_CA_SECRET", default_value = "portcullis-ca")]
+    ca_secret: String,
+    /// This replica's name as leader-election holder. Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Address of the TLS listener (proxy role).
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    #[command(flatten)]
+    proxy: ProxyArgs,
     /// Log as JSON lines.
     #[arg(long, env = "PORTCULLIS_LOG_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     log_json: bool,
@@ -136,13 +178,7 @@ enum CookieKeyCommand {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Standalone(args) => standalone(args),
-        Command::Operator { role: _ } => {
-            eprintln!(
-                "error: the Kubernetes operator is not implemented yet; \
-                 run `portcullis standalone --config FILE` instead"
-            );
-            return ExitCode::from(2);
-        }
+        Command::Operator(args) => operator(args),
         Command::Crd => {
             print!("{}", resources::crd_yaml());
             Ok(())
@@ -241,13 +277,78 @@ fn rotate(state_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn standalone(args: Standalone) -> anyhow::Result<()> {
-    init_logging(args.log_json);
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(run_standalone(args))
+        .context("starting the async runtime")
+}
+
+fn standalone(args: Standalone) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    runtime()?.block_on(run_standalone(args))
+}
+
+fn operator(args: Operator) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    runtime()?.block_on(run_operator(args))
+}
+
+async fn run_operator(args: Operator) -> anyhow::Result<()> {
+    let role = match args.role {
+        Role::Controller => operator::Role::Controller,
+        Role::Proxy => operator::Role::Proxy,
+        Role::All => operator::Role::All,
+    };
+    let listener = match role {
+        operator::Role::Controller => None,
+        _ => Some(bind(args.listen, "--listen").await?),
+    };
+    let admin = bind(args.admin_listen, "--admin-listen").await?;
+    let client = kube::Client::try_default().await.context(
+        "connecting to Kubernetes (no in-cluster service account and no usable kubeconfig; \
+         set KUBECONFIG)",
+    )?;
+    let pod_name = match args.pod_name {
+        Some(name) => name,
+        None => hostname(),
+    };
+    let opts = operator::Options {
+        role,
+        namespace: args.namespace,
+        ca_secret: args.ca_secret,
+        pod_name,
+        listener,
+        admin,
+        settings: args.proxy.settings(),
+    };
+    tracing::info!(namespace = %opts.namespace, replica = %opts.pod_name, "portcullis operator starting");
+    let shutdown = CancellationToken::new();
+    let mut run = tokio::spawn(operator::run(client, opts, shutdown.clone()));
+    let finished = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            match tokio::time::timeout(DRAIN, &mut run).await {
+                Ok(finished) => finished,
+                Err(_) => return Ok(()),
+            }
+        }
+        finished = &mut run => finished,
+    };
+    finished
+        .map_err(|e| anyhow!("operator task failed: {e}"))?
+        .map_err(anyhow::Error::from)
+}
+
+/// The kernel's host name (a pod's name in Kubernetes).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("portcullis-{}", std::process::id()))
 }
 
 async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
@@ -295,11 +396,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::watch::channel(Some(loaded.snapshot));
     let shutdown = CancellationToken::new();
-    let settings = proxy::Settings {
-        trusted_proxies: args.trusted_proxy,
-        proxy_protocol_from: args.proxy_protocol_from,
-        limits: proxy::Limits::default(),
-    };
+    let settings = args.proxy.settings();
     let tasks = [
         tokio::spawn(proxy::serve(
             listener,
@@ -310,7 +407,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
         )),
         tokio::spawn(proxy::serve_admin(
             admin,
-            rx,
+            proxy::snapshot_loaded(rx),
             Arc::new(registry),
             shutdown.clone(),
         )),

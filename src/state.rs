@@ -266,7 +266,9 @@ fn dir_name<'a>(kind: &str, name: &'a str) -> Result<&'a str> {
     }
 }
 
-fn parse_cookie_keys(path: &Path, bytes: &[u8]) -> Result<Vec<[u8; 32]>> {
+/// Parses the cookie key ring (newest first, one base64 32-byte key per line); `path` names
+/// where it came from in errors (a file, or a Secret in Kubernetes mode).
+pub fn parse_cookie_keys(path: &Path, bytes: &[u8]) -> Result<Vec<[u8; 32]>> {
     let text = std::str::from_utf8(bytes).map_err(|_| corrupt(path, "it is not text"))?;
     let mut keys = Vec::new();
     for (n, line) in text

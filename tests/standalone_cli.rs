@@ -238,7 +238,7 @@ fn first_start_prints_device_files_then_exports_work() {
 }
 
 #[test]
-fn export_without_state_dir_and_operator_are_clear_errors() {
+fn export_without_state_dir_and_operator_without_cluster_are_clear_errors() {
     let out = portcullis(&["identity", "export", "alice"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -246,7 +246,23 @@ fn export_without_state_dir_and_operator_are_clear_errors() {
         "{}",
         text(&out.stderr)
     );
-    let out = portcullis(&["operator"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not implemented yet"));
+    // No cluster: one clear line naming what to set, not a panic or a hang.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "operator",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run portcullis operator");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("KUBECONFIG"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -15,11 +15,19 @@ use tokio_util::sync::CancellationToken;
 use crate::snapshot::SnapshotRx;
 use crate::telemetry::Metrics;
 
-/// Serves `/healthz` (the process runs), `/readyz` (a configuration is loaded) and
-/// `/metrics` (Prometheus text) until `shutdown`.
+/// Whether `/readyz` answers 200.
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Ready once a snapshot is loaded: the data plane's readiness.
+pub fn snapshot_loaded(snapshots: SnapshotRx) -> Readiness {
+    Arc::new(move || snapshots.borrow().is_some())
+}
+
+/// Serves `/healthz` (the process runs), `/readyz` (`ready()` holds) and `/metrics`
+/// (Prometheus text) until `shutdown`.
 pub async fn serve_admin(
     listener: TcpListener,
-    snapshots: SnapshotRx,
+    ready: Readiness,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) {
@@ -31,13 +39,11 @@ pub async fn serve_admin(
             },
             () = shutdown.cancelled() => return,
         };
-        let (snapshots, registry) = (snapshots.clone(), registry.clone());
+        let (ready, registry) = (ready.clone(), registry.clone());
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (status, content_type, body) = match req.uri().path() {
                 "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-                "/readyz" if snapshots.borrow().is_some() => {
-                    (StatusCode::OK, "text/plain", "ready\n".to_owned())
-                }
+                "/readyz" if ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
                 "/readyz" => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",

@@ -1,11 +1,13 @@
 //! One client connection: PROXY header, TLS handshake, HTTP serving, revocation.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
@@ -25,13 +27,37 @@ pub struct ConnInfo {
     pub client_cert: Option<Fingerprint>,
     /// Lowercase SNI.
     pub sni: Option<String>,
+    /// Held as long as anything (the connection, a tunnel) still uses the connection.
+    pub open: Arc<Open>,
 }
 
-/// Keeps the open-connections gauge honest however the task ends.
-struct Open<'a>(&'a prometheus_client::metrics::gauge::Gauge);
-impl Drop for Open<'_> {
+/// One open client connection: its `max_connections` slot and its place in the
+/// open-connections gauge, released however the task ends. An upgraded connection (a
+/// WebSocket tunnel) outlives hyper's connection future, so the tunnel holds it too.
+pub struct Open {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Open")
+    }
+}
+
+impl Open {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge, slot: OwnedSemaphorePermit) -> Self {
+        gauge.inc();
+        Self {
+            gauge: gauge.clone(),
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
     }
 }
 
@@ -39,11 +65,10 @@ pub async fn handle(
     mut tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
     let metrics = &shared.metrics;
-    metrics.open_connections.inc();
-    let _open = Open(&metrics.open_connections);
+    let open = Arc::new(Open::new(&metrics.open_connections, slot));
     let limits = &shared.settings.limits;
 
     let mut client = peer;
@@ -108,22 +133,52 @@ pub async fn handle(
         peer,
         client_cert,
         sni: session.server_name().map(str::to_ascii_lowercase),
+        open,
     });
+    // HTTP/2 only when ALPN chose it (RFC 9113 §3.2: over TLS, h2 is always negotiated).
+    // Serving each protocol directly, rather than sniffing the first bytes, means the
+    // header-read timeout runs from the first moment: hyper's version sniffing waits for
+    // bytes with no deadline, so a client silent after the handshake was never cut.
+    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
 
+    // hyper bounds an HTTP/1 request head (and idle keep-alive) itself; HTTP/2 has no such
+    // timer, so a client that completes TLS and never sends a request would hold its slot
+    // forever. Bound the wait for the first request the same way.
+    let requested = Arc::new(tokio::sync::Notify::new());
     let service = {
-        let (shared, info) = (shared.clone(), info.clone());
-        service_fn(move |req| super::forward::handle(req, shared.clone(), info.clone()))
+        let (shared, info, requested) = (shared.clone(), info.clone(), requested.clone());
+        service_fn(move |req| {
+            requested.notify_one();
+            super::forward::handle(req, shared.clone(), info.clone())
+        })
     };
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_h2_streams)
-        .max_header_list_size(limits.max_header_bytes as u32);
-    let serving = http.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let first_request_late = async {
+        if !h2
+            || timeout(limits.header_read_timeout, requested.notified())
+                .await
+                .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+    };
+    let io = TokioIo::new(tls);
+    let serving: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> = if h2 {
+        let mut http = http2::Builder::new(TokioExecutor::new());
+        http.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_h2_streams)
+            .max_header_list_size(limits.max_header_bytes as u32);
+        Box::pin(http.serve_connection(io, service))
+    } else {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // max_header_size is the exact bound on the head (431 beyond it); max_buf_size
+            // alone is only checked while a head is incomplete, so a large head arriving
+            // in one read slipped through.
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes);
+        Box::pin(http.serve_connection(io, service).with_upgrades())
+    };
 
     let revoked = revocation::gone(snapshots, client_cert.map(Credential::Certificate));
     tokio::select! {
@@ -134,6 +189,9 @@ pub async fn handle(
         }
         () = revoked => {
             tracing::info!(%client, "closing connection: its client certificate is no longer live");
+        }
+        () = first_request_late => {
+            tracing::debug!(%client, "closing HTTP/2 connection: no request within the header timeout");
         }
         () = shared.shutdown.cancelled() => {}
     }

@@ -1,7 +1,10 @@
 //! One request: route, admit, forward; upgrades become tunnels.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -11,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::conn::ConnInfo;
+use super::conn::{ConnInfo, Open};
 use super::headers::{self, Forwarded};
 use super::revocation::{self, Credential};
 use super::{Body, Shared, contains};
@@ -120,6 +123,7 @@ pub async fn handle(
                 client_upgrade,
                 upstream_upgrade,
                 credential,
+                conn.open.clone(),
             ));
         }
         // No Set-Cookie on a 101: iOS Safari ignores it there.
@@ -135,7 +139,58 @@ pub async fn handle(
     {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
+    // A certificate connection is closed as a whole when its certificate goes (conn.rs);
+    // a response admitted by cookie (an event stream, a camera feed) must end on its own.
+    if let Decision::Cookie { cert } = &decision {
+        let credential = Some(Credential::Serial(cert.serial_hex.clone()));
+        let gone = revocation::gone(shared.snapshots.clone(), credential);
+        return Ok(resp.map(|body| UntilGone::new(body.boxed(), gone).boxed()));
+    }
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// A response body cut short once the identity that was admitted is revoked.
+struct UntilGone {
+    body: Body,
+    /// Fires (or errs, if the watch task is gone) when the identity is no longer live.
+    gone: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl UntilGone {
+    fn new(body: Body, gone: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (mut tx, rx) = tokio::sync::oneshot::channel();
+        // The watch ends with the body: `closed` completes when `rx` is dropped.
+        tokio::spawn(async move {
+            tokio::select! {
+                () = gone => { let _ = tx.send(()); }
+                () = tx.closed() => {}
+            }
+        });
+        Self { body, gone: rx }
+    }
+}
+
+impl hyper::body::Body for UntilGone {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        if Pin::new(&mut self.gone).poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Rewrites the request for the upstream: sanitised headers, origin-form URI, HTTP/1.1.
@@ -223,6 +278,8 @@ async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     credential: Option<Credential>,
+    // The client connection's slot and gauge entry: a tunnel is still an open connection.
+    _open: Arc<Open>,
 ) {
     let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
         return;

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use admin::serve_admin;
+pub use admin::{Readiness, serve_admin, snapshot_loaded};
 
 use crate::snapshot::SnapshotRx;
 use crate::telemetry::Metrics;

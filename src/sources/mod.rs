@@ -11,6 +11,7 @@
 //! A rejected update never replaces the snapshot being served.
 
 mod certs;
+pub mod cluster;
 pub mod config;
 mod devices;
 mod external;

@@ -1,0 +1,148 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+fn revoked(serial: &str, secs: u64) -> RevokedSerial {
+    RevokedSerial {
+        serial_hex: serial.to_owned(),
+        revoked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+    }
+}
+
+fn crl_secret(
+    ledger: &[RevokedSerial],
+    annotations: &[(&'static str, String)],
+    with_pem: bool,
+) -> Secret {
+    let mut data = BTreeMap::from([(CRL_LEDGER_KEY.to_owned(), ledger_json(ledger).unwrap())]);
+    if with_pem {
+        data.insert(CRL_KEY.to_owned(), b"-----BEGIN X509 CRL-----".to_vec());
+    }
+    SecretSpec {
+        name: CRL_SECRET.into(),
+        namespace: "ops",
+        type_: "Opaque",
+        labels: Vec::new(),
+        annotations: annotations.to_vec(),
+        owner: None,
+        data,
+    }
+    .build()
+}
+
+#[test]
+fn merge_adds_each_serial_once_in_canonical_form() {
+    let mut ledger = vec![revoked("0abc", 1)];
+    assert!(!merge(
+        &mut ledger,
+        &[revoked("0A:BC", 5), revoked("abc", 6)]
+    ));
+    assert!(merge(
+        &mut ledger,
+        &[revoked("00FF", 7), revoked("ff", 8), revoked("zz", 9)]
+    ));
+    assert_eq!(ledger, vec![revoked("0abc", 1), revoked("ff", 7)]);
+    assert!(!merge(&mut ledger, &[]));
+}
+
+#[test]
+fn ledger_roundtrips_and_garbage_is_refused() {
+    let ledger = vec![revoked("01", 1_800_000_000)];
+    let secret = crl_secret(&ledger, &[], false);
+    assert_eq!(parse_ledger(Some(&secret)).unwrap(), ledger);
+    assert_eq!(parse_ledger(None).unwrap(), vec![]);
+    let mut bad = secret;
+    bad.data.get_or_insert_default().insert(
+        CRL_LEDGER_KEY.into(),
+        k8s_openapi::ByteString(
+            b"[{\"serial\":\"xyz\",\"revokedAt\":\"2020-01-01T00:00:00Z\"}]".to_vec(),
+        ),
+    );
+    let err = parse_ledger(Some(&bad)).unwrap_err();
+    assert!(err.contains("revoked.json"), "{err}");
+    assert!(plan(Some(&bad), &[], Some("ca"), SystemTime::now()).is_err());
+}
+
+#[test]
+fn plan_signs_only_when_something_changed_or_it_is_due() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let ledger = vec![revoked("01", 1)];
+    let digest = sha256_hex(&ledger_json(&ledger).unwrap());
+    let fresh = |signed: SystemTime, ca: &str| {
+        crl_secret(
+            &ledger,
+            &[
+                (
+                    CRL_SIGNED_AT_ANNOTATION,
+                    humantime::format_rfc3339_seconds(signed).to_string(),
+                ),
+                (CRL_CA_ANNOTATION, ca.to_owned()),
+                (CRL_LEDGER_ANNOTATION, digest.clone()),
+            ],
+            true,
+        )
+    };
+    let hour = Duration::from_secs(3600);
+
+    // Up to date: nothing to do, and the next refresh is a day after signing.
+    let current = fresh(now - hour, "ca1");
+    let p = plan(Some(&current), &[revoked("01", 99)], Some("ca1"), now).unwrap();
+    assert!(!p.ledger_changed && !p.sign);
+    assert_eq!(next_refresh(Some(&current)), Some(now - hour + CRL_REFRESH));
+
+    // A new serial, a new CA, an old CRL, no CRL at all: sign.
+    assert!(
+        plan(Some(&current), &[revoked("02", 2)], Some("ca1"), now)
+            .unwrap()
+            .sign
+    );
+    assert!(plan(Some(&current), &[], Some("ca2"), now).unwrap().sign);
+    assert!(
+        plan(
+            Some(&fresh(now - CRL_REFRESH, "ca1")),
+            &[],
+            Some("ca1"),
+            now
+        )
+        .unwrap()
+        .sign
+    );
+    let first = plan(None, &[], Some("ca1"), now).unwrap();
+    assert!(first.sign && !first.ledger_changed && first.ledger.is_empty());
+
+    // Without a CA: the ledger still grows, nothing is signed.
+    let no_ca = plan(Some(&current), &[revoked("02", 2)], None, now).unwrap();
+    assert!(no_ca.ledger_changed && !no_ca.sign);
+    assert_eq!(no_ca.ledger.len(), 2);
+}
+
+#[test]
+fn desired_secret_signs_with_the_ca_and_keeps_old_crl_without_one() {
+    let ca = Ca::generate("t").unwrap();
+    let now = SystemTime::now();
+    let p = plan(None, &[revoked("0abc", 1)], Some("x"), now).unwrap();
+    let signed = desired_secret("ops", None, &p, Some(&ca), now).unwrap();
+    let pem = secret_text(&signed, CRL_KEY).unwrap();
+    assert!(pem.starts_with("-----BEGIN X509 CRL-----"));
+    assert_eq!(signed.metadata.resource_version, None);
+    assert_eq!(parse_ledger(Some(&signed)).unwrap().len(), 1);
+
+    let mut existing = signed.clone();
+    existing.metadata.resource_version = Some("42".into());
+    let p = plan(Some(&existing), &[revoked("0abd", 2)], None, now).unwrap();
+    let ledger_only = desired_secret("ops", Some(&existing), &p, None, now).unwrap();
+    assert_eq!(secret_text(&ledger_only, CRL_KEY), Some(pem));
+    assert_eq!(ledger_only.metadata.resource_version.as_deref(), Some("42"));
+    assert_eq!(parse_ledger(Some(&ledger_only)).unwrap().len(), 2);
+    // Its ledger annotation is now stale, so the next publish with a CA signs.
+    assert!(
+        plan(
+            Some(&ledger_only),
+            &[],
+            Some(&sha256_hex(ca.cert_der())),
+            now
+        )
+        .unwrap()
+        .sign
+    );
+}

@@ -1,0 +1,174 @@
+//! A ClientIdentity's status, computed from what the reconcile found: the certificate in
+//! its Secret and why it is (not) ready. Pure, so "unchanged in, unchanged out" is tested.
+
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::conditions::{EXPIRING_SOON, READY, REVOKED, Want, merge, time};
+use crate::pki::CertInfo;
+use crate::pki::renewal::renew_at;
+use crate::resources::{ClientIdentity, ClientIdentityStatus};
+
+/// Why an identity is, or is not, ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its certificate is issued and current.
+    Ready,
+    /// `spec.revoked: true`.
+    Revoked,
+    /// Not ready: a condition reason (`InvalidSpec`, `PasswordSecretMissing`,
+    /// `CASecretInvalid`, ...) and a message saying what to do.
+    Blocked(&'static str, String),
+}
+
+impl Outcome {
+    /// The reason the Ready condition will carry.
+    pub fn ready_reason(&self) -> &'static str {
+        match self {
+            Outcome::Ready => "Issued",
+            Outcome::Revoked => "Revoked",
+            Outcome::Blocked(reason, _) => reason,
+        }
+    }
+}
+
+/// What the status describes.
+pub struct Facts<'a> {
+    /// The certificate in the Secret, if any.
+    pub cert: Option<&'a CertInfo>,
+    /// The Secret's name, when it exists.
+    pub secret: Option<String>,
+    /// The identity's namespace (for messages).
+    pub namespace: &'a str,
+    /// The renewal window (`renewBefore` or its default).
+    pub renew_before: Duration,
+}
+
+/// The status to publish. `lastSeen` is left out: the data plane owns it, and server-side
+/// apply leaves fields we do not send alone.
+pub fn status(
+    ci: &ClientIdentity,
+    outcome: &Outcome,
+    facts: &Facts<'_>,
+    now: SystemTime,
+    now_t: &Time,
+) -> ClientIdentityStatus {
+    let current = ci.status.as_ref();
+    let existing = current.map_or(&[][..], |s| &s.conditions[..]);
+    let wanted = [
+        ready(outcome, facts),
+        revoked(outcome, facts),
+        expiring(outcome, facts, now),
+    ];
+    ClientIdentityStatus {
+        serial_number: facts.cert.map(|c| c.serial_hex.clone()),
+        fingerprint_sha256: facts.cert.map(CertInfo::fingerprint_hex),
+        not_before: facts.cert.map(|c| time(c.not_before)),
+        not_after: facts.cert.map(|c| time(c.not_after)),
+        secret_name: facts.secret.clone(),
+        conditions: merge(existing, &wanted, ci.metadata.generation, now_t),
+        observed_generation: ci.metadata.generation,
+        last_seen: None,
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn ready(outcome: &Outcome, facts: &Facts<'_>) -> Want {
+    match outcome {
+        Outcome::Ready => {
+            let (serial, until) = facts.cert.map_or((String::new(), String::new()), |c| {
+                (c.serial_hex.clone(), rfc3339(c.not_after))
+            });
+            let secret = facts.secret.as_deref().unwrap_or_default();
+            Want::yes(
+                READY,
+                "Issued",
+                format!(
+                    "certificate serial {serial} is valid until {until}; the device files are in Secret \
+                     {}/{secret} (import keystore.p12, its password is in keystore.p12.password)",
+                    facts.namespace
+                ),
+            )
+        }
+        Outcome::Revoked => Want::no(
+            READY,
+            "Revoked",
+            "spec.revoked is true: the gate refuses this device; set it to false to issue a new certificate",
+        ),
+        Outcome::Blocked(reason, message) => Want::no(READY, reason, message.clone()),
+    }
+}
+
+fn revoked(outcome: &Outcome, facts: &Facts<'_>) -> Want {
+    match (outcome, facts.cert) {
+        (Outcome::Revoked, Some(c)) => Want::yes(
+            REVOKED,
+            "Revoked",
+            format!(
+                "serial {} is on the certificate revocation list",
+                c.serial_hex
+            ),
+        ),
+        (Outcome::Revoked, None) => Want::yes(REVOKED, "Revoked", "no certificate was ever issued"),
+        _ => Want::no(REVOKED, "NotRevoked", "spec.revoked is false"),
+    }
+}
+
+fn expiring(outcome: &Outcome, facts: &Facts<'_>, now: SystemTime) -> Want {
+    let Some(c) = facts.cert else {
+        return Want::no(
+            EXPIRING_SOON,
+            "NoCertificate",
+            "no certificate has been issued yet",
+        );
+    };
+    if *outcome == Outcome::Revoked {
+        return Want::no(EXPIRING_SOON, "Revoked", "the certificate is revoked");
+    }
+    let due = renew_at(c.not_after, facts.renew_before);
+    if now >= c.not_after {
+        Want::yes(
+            EXPIRING_SOON,
+            "Expired",
+            format!(
+                "the certificate expired on {}; fix what the Ready condition reports so a new one can be issued",
+                rfc3339(c.not_after)
+            ),
+        )
+    } else if now >= due {
+        Want::yes(
+            EXPIRING_SOON,
+            "RenewalPending",
+            format!(
+                "the certificate expires on {}; it could not be renewed yet, see the Ready condition",
+                rfc3339(c.not_after)
+            ),
+        )
+    } else {
+        Want::no(
+            EXPIRING_SOON,
+            "Valid",
+            format!(
+                "valid until {}; renewed automatically from {} (then import the new keystore.p12 on the device)",
+                rfc3339(c.not_after),
+                rfc3339(due)
+            ),
+        )
+    }
+}
+
+/// `current` as comparable with a computed [`status`]: without `lastSeen`.
+pub fn comparable(current: Option<&ClientIdentityStatus>) -> Option<ClientIdentityStatus> {
+    current.cloned().map(|s| ClientIdentityStatus {
+        last_seen: None,
+        ..s
+    })
+}
+
+#[cfg(test)]
+#[path = "identity_status_tests.rs"]
+mod tests;

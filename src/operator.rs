@@ -1,0 +1,109 @@
+//! `portcullis operator`: the controller (writes certificates and status, leader-elected)
+//! and the data plane (fed by watches), in one process or split by `--role`.
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::sources::cluster::{self, ClusterSource};
+use crate::telemetry::Metrics;
+use crate::{Error, Result, controller, proxy};
+
+/// Which parts of the operator this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Only the controller: scale it to 2 for a standby leader.
+    Controller,
+    /// Only the data plane: scale it with traffic.
+    Proxy,
+    /// Both (the default; what a home cluster wants).
+    All,
+}
+
+/// Everything `portcullis operator` needs.
+pub struct Options {
+    pub role: Role,
+    /// The operator's namespace: CA, cookie keys, CRL, Lease.
+    pub namespace: String,
+    /// The CA Secret's name (bring your own by naming it).
+    pub ca_secret: String,
+    /// This replica's name as Lease holder (the pod name).
+    pub pod_name: String,
+    /// The data plane's TLS listener (unused by the controller role).
+    pub listener: Option<TcpListener>,
+    /// Health and metrics.
+    pub admin: TcpListener,
+    pub settings: proxy::Settings,
+}
+
+/// Runs until `shutdown`. Health and metrics are served in every role.
+pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToken) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let controller_metrics = Arc::new(controller::Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    controller_metrics.register(&mut registry);
+
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let mut tasks = tokio::task::JoinSet::new();
+    if opts.role != Role::Controller {
+        let listener = opts
+            .listener
+            .ok_or_else(|| Error::Config("the proxy role needs a --listen address".into()))?;
+        let source = ClusterSource {
+            namespace: opts.namespace.clone(),
+            ca_secret: opts.ca_secret.clone(),
+        };
+        tasks.spawn(cluster::run(
+            client.clone(),
+            source,
+            tx,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(proxy::serve(
+            listener,
+            rx.clone(),
+            opts.settings,
+            metrics,
+            shutdown.clone(),
+        ));
+        let ready = proxy::snapshot_loaded(rx);
+        tasks.spawn(proxy::serve_admin(
+            opts.admin,
+            ready,
+            Arc::new(registry),
+            shutdown.clone(),
+        ));
+    } else {
+        // Controller only: ready while it runs; it serves no snapshot.
+        let ready: proxy::Readiness = Arc::new(|| true);
+        tasks.spawn(proxy::serve_admin(
+            opts.admin,
+            ready,
+            Arc::new(registry),
+            shutdown.clone(),
+        ));
+    }
+    if opts.role != Role::Proxy {
+        let config = controller::Config {
+            namespace: opts.namespace,
+            ca_secret: opts.ca_secret,
+            identity: opts.pod_name,
+        };
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) =
+                controller::run_with_metrics(client, config, controller_metrics, shutdown.clone())
+                    .await
+            {
+                tracing::error!(error = %e, "controller stopped");
+                shutdown.cancel();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

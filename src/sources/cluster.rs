@@ -1,0 +1,296 @@
+//! The Kubernetes source: watches ProtectedRoutes, ClientIdentities and the Secrets the
+//! controller writes, and rebuilds the snapshot whenever any of them changes.
+//!
+//! ```text
+//!  watch ProtectedRoute ─┐
+//!  watch ClientIdentity ─┼─▶ reflector stores ─▶ (debounce) ─▶ build ─▶ watch::Sender
+//!  watch TLS Secrets ────┤                                      └─ error: keep the last good
+//!  watch own Secrets ────┘
+//! ```
+//! It only reads: the controller (possibly another replica, the lease holder) writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::routes::resolve;
+use crate::controller::names;
+use crate::resources::{ClientIdentity, ProtectedRoute};
+use crate::snapshot::{LiveCert, RouteSource, Snapshot, SnapshotParts};
+use crate::telemetry::{FailureLabels, Metrics};
+use crate::{Error, Result};
+
+/// Changes closer together than this are applied as one rebuild.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Where the installation-wide Secrets live.
+#[derive(Debug, Clone)]
+pub struct ClusterSource {
+    /// The operator's namespace (CA, cookie keys, CRL).
+    pub namespace: String,
+    /// Name of the CA Secret (bring-your-own allowed).
+    pub ca_secret: String,
+}
+
+struct Stores {
+    routes: Store<ProtectedRoute>,
+    identities: Store<ClientIdentity>,
+    tls_secrets: Store<Secret>,
+    own_secrets: Store<Secret>,
+}
+
+/// Watches the cluster and publishes a snapshot after every change until `shutdown`.
+pub async fn run(
+    client: Client,
+    source: ClusterSource,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let (routes, routes_w) = reflector::store();
+    let (identities, identities_w) = reflector::store();
+    let (tls_secrets, tls_w) = reflector::store();
+    let (own_secrets, own_w) = reflector::store();
+    let cfg = watcher::Config::default;
+    // Every data-plane replica reads every route and identity of the installation; of the
+    // Secrets only TLS ones (device, server, CA) and the operator namespace's own.
+    let changes = futures_util::stream::select_all([
+        touch(reflector(
+            routes_w,
+            watcher(Api::<ProtectedRoute>::all(client.clone()), cfg()),
+        )),
+        touch(reflector(
+            identities_w,
+            watcher(Api::<ClientIdentity>::all(client.clone()), cfg()),
+        )),
+        touch(reflector(
+            tls_w,
+            watcher(
+                Api::<Secret>::all(client.clone()),
+                cfg().fields("type=kubernetes.io/tls"),
+            ),
+        )),
+        touch(reflector(
+            own_w,
+            watcher(Api::<Secret>::namespaced(client, &source.namespace), cfg()),
+        )),
+    ]);
+    let stores = Stores {
+        routes,
+        identities,
+        tls_secrets,
+        own_secrets,
+    };
+    let mut changes = std::pin::pin!(changes);
+    let mut generation = 0;
+    loop {
+        tokio::select! {
+            change = changes.next() => if change.is_none() { return },
+            () = shutdown.cancelled() => return,
+        }
+        // Let a burst (initial list, a kubectl apply of many objects) settle.
+        let settle = tokio::time::sleep(DEBOUNCE);
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                () = &mut settle => break,
+                change = changes.next() => if change.is_none() { return },
+            }
+        }
+        if !stores.ready() {
+            continue;
+        }
+        generation += 1;
+        match build(&stores, &source, generation) {
+            Ok(snapshot) => {
+                tracing::info!(
+                    generation,
+                    routes = snapshot.routes().len(),
+                    identities = snapshot.live_count(),
+                    "snapshot updated"
+                );
+                metrics.snapshot_generation.set(generation as i64);
+                metrics
+                    .config_reloads
+                    .get_or_create(&FailureLabels { reason: "ok" })
+                    .inc();
+                tx.send_replace(Some(Arc::new(snapshot)));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cluster state rejected; still serving the last good snapshot");
+                metrics
+                    .config_reloads
+                    .get_or_create(&FailureLabels { reason: "rejected" })
+                    .inc();
+            }
+        }
+    }
+}
+
+/// A stream of "something changed" ticks; watch errors are logged and retried with backoff.
+fn touch<S, K>(stream: S) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>>
+where
+    S: futures_util::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    K: Send + 'static,
+{
+    Box::pin(stream.default_backoff().filter_map(|event| async move {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+            Ok(_) => Some(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "watch failed; retrying");
+                None
+            }
+        }
+    }))
+}
+
+fn reflector<K, W>(
+    writer: reflector::store::Writer<K>,
+    stream: W,
+) -> impl futures_util::Stream<Item = W::Item> + Send
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    W: futures_util::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+{
+    reflector::reflector(writer, stream)
+}
+
+impl Stores {
+    /// Every watch has listed once: a snapshot now is complete, not a prefix.
+    fn ready(&self) -> bool {
+        use futures_util::FutureExt;
+        self.routes.wait_until_ready().now_or_never().is_some()
+            && self.identities.wait_until_ready().now_or_never().is_some()
+            && self.tls_secrets.wait_until_ready().now_or_never().is_some()
+            && self.own_secrets.wait_until_ready().now_or_never().is_some()
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.tls_secrets
+            .get(&key)
+            .or_else(|| self.own_secrets.get(&key))
+    }
+}
+
+fn secret_bytes<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    secret.data.as_ref()?.get(key).map(|b| b.0.as_slice())
+}
+
+/// Builds a snapshot from the stores. A route or identity whose Secret is missing or
+/// broken is left out (and logged) rather than failing everything; a broken CA or cookie
+/// key ring fails the whole build, so the last good snapshot keeps serving.
+fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Snapshot> {
+    let ns = &source.namespace;
+    let ca = stores.secret(ns, &source.ca_secret).ok_or_else(|| {
+        Error::Config(format!("CA Secret {ns}/{} not found yet", source.ca_secret))
+    })?;
+    let client_ca: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(secret_bytes(&ca, "tls.crt").unwrap_or_default())
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                Error::Config(format!("CA Secret {ns}/{}: tls.crt: {e}", source.ca_secret))
+            })?;
+    let cookie_keys = stores
+        .secret(ns, names::COOKIE_KEYS_SECRET)
+        .and_then(|s| {
+            let origin = format!("Secret {ns}/{}", names::COOKIE_KEYS_SECRET);
+            secret_bytes(&s, names::COOKIE_KEYS_KEY)
+                .map(|bytes| crate::state::parse_cookie_keys(std::path::Path::new(&origin), bytes))
+        })
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "cookie key Secret {ns}/{} not found yet",
+                names::COOKIE_KEYS_SECRET
+            ))
+        })??;
+
+    let mut routes = Vec::new();
+    for route in stores.routes.state() {
+        match route_source(stores, &route) {
+            Ok(r) => routes.push(r),
+            Err(e) => tracing::warn!(route = %route.name_any(), error = %e, "route not served"),
+        }
+    }
+    let mut live = Vec::new();
+    for identity in stores.identities.state() {
+        if identity.spec.revoked || identity.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let namespace = identity.namespace().unwrap_or_default();
+        let secret_name = names::identity_secret_name(&identity.name_any());
+        let Some(cert) = stores
+            .secret(&namespace, &secret_name)
+            .and_then(|s| secret_bytes(&s, "tls.crt").map(<[u8]>::to_vec))
+        else {
+            continue; // Not minted yet.
+        };
+        match CertificateDer::from_pem_slice(&cert) {
+            Ok(der) => live.push(LiveCert {
+                identity: format!("{namespace}/{}", identity.name_any()),
+                serial_hex: crate::pki::inspect(&der)?.serial_hex,
+                fingerprint: crate::snapshot::fingerprint(&der),
+                labels: identity.labels().clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(identity = %identity.name_any(), error = %e, "device certificate unreadable")
+            }
+        }
+    }
+    Snapshot::build(
+        SnapshotParts {
+            client_ca,
+            routes,
+            live,
+            cookie_keys,
+        },
+        generation,
+    )
+}
+
+/// A route with its server certificate; `upstream.service` becomes the Service's cluster
+/// DNS name.
+fn route_source(stores: &Stores, route: &ProtectedRoute) -> Result<RouteSource> {
+    let namespace = route.namespace().unwrap_or_default();
+    let name = route.name_any();
+    let mut spec = route.spec.clone();
+    if let Some(svc) = spec.upstream.service.take() {
+        spec.upstream.url = Some(format!("http://{}.{namespace}.svc:{}", svc.name, svc.port));
+    }
+    let resolved = resolve(&format!("{namespace}/{name}"), &spec)?;
+    let secret_name = spec
+        .server_certificate
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| names::route_secret_name(&name));
+    let secret = stores.secret(&namespace, &secret_name).ok_or_else(|| {
+        Error::Config(format!(
+            "server certificate Secret {namespace}/{secret_name} not found"
+        ))
+    })?;
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Config(format!("Secret {namespace}/{secret_name}: {what}: {e}"))
+    };
+    let cert_chain =
+        CertificateDer::pem_slice_iter(secret_bytes(&secret, "tls.crt").unwrap_or_default())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("tls.crt", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(secret_bytes(&secret, "tls.key").unwrap_or_default())
+        .map_err(|e| bad("tls.key", &e))?;
+    Ok(RouteSource {
+        route: resolved,
+        cert_chain,
+        key,
+    })
+}
