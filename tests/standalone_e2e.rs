@@ -1,0 +1,239 @@
+//! The standalone binary end to end, as a user runs it: a config file on disk, a real
+//! upstream, real TLS clients; edits to the file apply without a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Outcome, TlsClient, Upstream, ws_next, ws_roundtrip};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+const HOST: &str = "ha.test";
+
+fn config(upstream: std::net::SocketAddr, alice_revoked: bool, extra: &str) -> String {
+    format!(
+        r#"apiVersion: portcullis.dev/v1alpha1
+kind: ProtectedRoute
+metadata:
+  name: home-assistant
+spec:
+  hosts: [{HOST}]
+  upstream:
+    url: http://{upstream}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ClientIdentity
+metadata:
+  name: alice
+spec:
+  revoked: {alice_revoked}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ClientIdentity
+metadata:
+  name: bob
+spec: {{}}
+{extra}"#
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes like an editor: a new file renamed over the old one.
+fn save(path: &Path, text: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct Gate {
+    child: Child,
+    port: u16,
+    state: PathBuf,
+}
+
+impl Gate {
+    fn start(config: &Path, state: &Path) -> Gate {
+        let (port, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start portcullis standalone");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready(admin) {
+            assert!(Instant::now() < deadline, "the gate did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Gate {
+            child,
+            port,
+            state: state.to_owned(),
+        }
+    }
+
+    fn client(&self, identity: Option<&str>) -> TlsClient {
+        let ca = std::fs::read(self.state.join("ca/tls.crt")).unwrap();
+        let cert = identity.map(|name| {
+            let dir = self.state.join("identities").join(name);
+            let cert = CertificateDer::from_pem_file(dir.join("tls.crt")).unwrap();
+            let key =
+                rustls::pki_types::PrivatePkcs8KeyDer::from_pem_file(dir.join("tls.key")).unwrap();
+            (cert.to_vec(), key.secret_pkcs8_der().to_vec())
+        });
+        TlsClient {
+            addr: ([127, 0, 0, 1], self.port).into(),
+            roots: vec![CertificateDer::from_pem_slice(&ca).unwrap()],
+            cert,
+            sni: HOST.into(),
+            alpn: vec![b"http/1.1".to_vec()],
+            tls12_only: false,
+            resuming: None,
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/readyz` on the admin port answers 200 (the listeners are bound before the first
+/// load, so a connectable port alone proves nothing).
+fn ready(admin: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut answer = String::new();
+    tcp.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
+        && tcp.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.0 200")
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_file_revokes_at_once_and_bad_edits_keep_serving() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+    save(&file, &config(upstream.addr, false, ""));
+    let gate = Gate::start(&file, &state);
+
+    let (alice, bob) = (gate.client(Some("alice")), gate.client(Some("bob")));
+    assert_eq!(alice.get("/").await.unwrap().status, 200);
+    assert_eq!(gate.client(None).get("/").await.unwrap().status, 403);
+    let (mut alice_ws, _) = alice
+        .websocket("/api/websocket", None)
+        .await
+        .expect("alice WebSocket");
+    let (mut bob_ws, _) = bob
+        .websocket("/api/websocket", None)
+        .await
+        .expect("bob WebSocket");
+    ws_roundtrip(&mut alice_ws, "hello").await;
+
+    // A broken edit is rejected; everything keeps working as before.
+    save(
+        &file,
+        &config(
+            upstream.addr,
+            false,
+            "---\nkind: ClientIdentity\nspec: [oops\n",
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ws_roundtrip(&mut alice_ws, "still here").await;
+    assert_eq!(bob.get("/").await.unwrap().status, 200);
+
+    // Revoking alice in the file closes her open WebSocket within a second; bob's stays.
+    let saved = Instant::now();
+    save(&file, &config(upstream.addr, true, ""));
+    let closed = ws_next(&mut alice_ws, Duration::from_secs(1)).await;
+    assert_eq!(
+        closed,
+        Ok(None),
+        "alice's WebSocket must close within 1 s of the save"
+    );
+    eprintln!(
+        "alice's WebSocket closed {:?} after the save",
+        saved.elapsed()
+    );
+    ws_roundtrip(&mut bob_ws, "bob unaffected").await;
+    match alice.probe().await {
+        Outcome::Refused(_) => {}
+        other => panic!("alice's certificate must fail the handshake, got {other:?}"),
+    }
+    let crl = String::from_utf8(read(&state.join("crl.pem"))).unwrap();
+    assert!(crl.contains("BEGIN X509 CRL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_the_ca_and_every_device_certificate() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+    save(&file, &config(upstream.addr, false, ""));
+    let files = [
+        "ca/tls.crt",
+        "ca/tls.key",
+        "cookie-keys",
+        "routes/home-assistant/tls.crt",
+        "identities/alice/tls.crt",
+        "identities/alice/tls.key",
+        "identities/alice/keystore.p12",
+        "identities/bob/tls.crt",
+    ];
+
+    let gate = Gate::start(&file, &state);
+    let before: Vec<Vec<u8>> = files.iter().map(|f| read(&state.join(f))).collect();
+    let alice = gate.client(Some("alice"));
+    let cookie = alice
+        .get("/")
+        .await
+        .unwrap()
+        .gate_cookie()
+        .expect("a cookie");
+    drop(gate);
+
+    let gate = Gate::start(&file, &state);
+    for (name, bytes) in files.iter().zip(&before) {
+        assert_eq!(
+            &read(&state.join(name)),
+            bytes,
+            "{name} changed across a restart"
+        );
+    }
+    // The same device files still work, and so does a cookie from before the restart.
+    assert_eq!(
+        gate.client(Some("alice")).get("/").await.unwrap().status,
+        200
+    );
+    let (mut ws, _) = gate
+        .client(None)
+        .websocket("/api/websocket", Some(&cookie))
+        .await
+        .expect("a cookie from before the restart opens the WebSocket");
+    ws_roundtrip(&mut ws, "after restart").await;
+}
