@@ -759,6 +759,23 @@ async fn missing_host_is_400_not_5xx() -> R {
     Ok(())
 }
 
+#[tokio::test]
+async fn connect_is_refused_even_for_a_device() -> R {
+    let e = env().await;
+    let raw = e
+        .gate
+        .client()
+        .cert(&e.alice)
+        .raw(
+            b"CONNECT ha.test:443 HTTP/1.1\r\nHost: ha.test:443\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await?;
+    assert_eq!(raw.status(), Some(405), "{}", raw.text());
+    assert!(e.up.seen().is_empty(), "CONNECT must not reach the upstream");
+    Ok(())
+}
+
 // ───────────────────────── 7. spoofing ─────────────────────────
 
 const SPOOFS: &[(&str, &str)] = &[

@@ -34,6 +34,10 @@ pub async fn handle(
             "no configuration loaded yet\n",
         ));
     };
+    // A tunnel to an arbitrary authority is not something a Home Assistant gate offers.
+    if req.method() == http::Method::CONNECT {
+        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
+    }
     let Some(host) = request_host(&req) else {
         return Ok(plain(
             StatusCode::BAD_REQUEST,
