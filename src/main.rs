@@ -149,9 +149,13 @@ enum IdentityCommand {
         /// with tls.crt, tls.key and ca.crt.
         #[arg(long, value_enum, default_value = "p12")]
         format: Format,
-        /// Standalone state directory (required until Kubernetes export exists).
+        /// Standalone state directory. Without it, the files come from the identity's
+        /// Secret in Kubernetes (kubeconfig or in-cluster credentials).
         #[arg(long, env = "PORTCULLIS_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Kubernetes namespace of the ClientIdentity. Default: the kubeconfig's.
+        #[arg(short, long)]
+        namespace: Option<String>,
         /// Output path. Default: NAME.p12, or the directory NAME/ for pem.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -188,8 +192,9 @@ fn main() -> ExitCode {
             name,
             format,
             state_dir,
+            namespace,
             output,
-        }) => export(&name, format, state_dir, output),
+        }) => export(&name, format, state_dir, namespace, output),
         Command::CookieKey(CookieKeyCommand::Rotate { state_dir }) => rotate(state_dir),
     };
     match result {
@@ -236,20 +241,28 @@ fn export(
     name: &str,
     format: Format,
     state_dir: Option<PathBuf>,
+    namespace: Option<String>,
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let Some(state_dir) = state_dir else {
-        bail!(
-            "exporting from Kubernetes is not available yet; pass --state-dir DIR for a \
-             standalone installation"
-        );
-    };
     let format = match format {
         Format::P12 => ExportFormat::P12,
         Format::Pem => ExportFormat::Pem,
     };
-    let state = StateDir::new(state_dir);
-    let exported = sources::export_identity(&state, name, format, output.as_deref())?;
+    let exported = match state_dir {
+        Some(dir) => {
+            sources::export_identity(&StateDir::new(dir), name, format, output.as_deref())?
+        }
+        None => runtime()?.block_on(async {
+            let client = kube::Client::try_default().await.context(
+                "connecting to Kubernetes (pass --state-dir DIR for a standalone installation, \
+                 or set KUBECONFIG)",
+            )?;
+            let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            operator::export_identity(client, &ns, name, format, output.as_deref())
+                .await
+                .map_err(anyhow::Error::from)
+        })?,
+    };
     for path in &exported.paths {
         println!("wrote {}", path.display());
     }

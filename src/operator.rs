@@ -107,3 +107,46 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
+
+/// `portcullis identity export` in Kubernetes mode: the device files from the identity's
+/// Secret. Refuses revoked identities and ones not minted yet, saying which.
+pub async fn export_identity(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    format: crate::sources::ExportFormat,
+    out: Option<&std::path::Path>,
+) -> Result<crate::sources::Exported> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    let not_found = |what: String| Error::Config(what);
+    let identities: Api<crate::resources::ClientIdentity> =
+        Api::namespaced(client.clone(), namespace);
+    let identity = identities
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::Config(format!("reading ClientIdentity {namespace}/{name}: {e}")))?
+        .ok_or_else(|| {
+            not_found(format!(
+                "no ClientIdentity {name} in namespace {namespace} (try --namespace)"
+            ))
+        })?;
+    if identity.spec.revoked {
+        return Err(Error::Config(format!(
+            "ClientIdentity {namespace}/{name} is revoked; its files would not be admitted"
+        )));
+    }
+    let secret_name = controller::names::identity_secret_name(name);
+    let secret = Api::<Secret>::namespaced(client, namespace)
+        .get_opt(&secret_name)
+        .await
+        .map_err(|e| Error::Config(format!("reading Secret {namespace}/{secret_name}: {e}")))?
+        .ok_or_else(|| not_found(format!("Secret {namespace}/{secret_name} does not exist yet: is the operator running? See `kubectl describe clientidentity {name}`")))?;
+    let data = secret.data.unwrap_or_default();
+    let read = |key: &str| {
+        data.get(key).map(|b| b.0.clone()).ok_or_else(|| {
+            Error::Config(format!("Secret {namespace}/{secret_name} has no key {key}"))
+        })
+    };
+    crate::sources::write_device_files(name, format, out, &read)
+}

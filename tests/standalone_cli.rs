@@ -239,7 +239,12 @@ fn first_start_prints_device_files_then_exports_work() {
 
 #[test]
 fn export_without_state_dir_and_operator_without_cluster_are_clear_errors() {
-    let out = portcullis(&["identity", "export", "alice"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["identity", "export", "alice"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run portcullis identity export");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("pass --state-dir"),

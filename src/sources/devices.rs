@@ -69,6 +69,18 @@ pub fn export_identity(
             source,
         })
     };
+    write_device_files(name, format, out, &read)
+}
+
+/// Writes a device's files for `format` to `out` (default `NAME.p12` or `NAME/`), reading
+/// each by its state-dir / Secret key name (`tls.crt`, `keystore.p12`, ...) with `read`.
+/// Shared by the standalone and the Kubernetes export, whose layouts are the same.
+pub fn write_device_files(
+    name: &str,
+    format: ExportFormat,
+    out: Option<&Path>,
+    read: &dyn Fn(&str) -> Result<Vec<u8>>,
+) -> Result<Exported> {
     match format {
         ExportFormat::P12 => {
             let out = out.map_or_else(|| PathBuf::from(format!("{name}.p12")), Path::to_owned);

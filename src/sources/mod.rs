@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use config::{
     API_VERSION, Config, ConfigErrors, ConfigProblem, Location, load_config, parse_config,
 };
-pub use devices::{ExportFormat, Exported, export_identity, instructions};
+pub use devices::{ExportFormat, Exported, export_identity, instructions, write_device_files};
 pub use external::OwnCert;
 pub use reconcile::{Expiry, Outcome, reconcile};
 
