@@ -753,14 +753,9 @@ async fn upstream_handle(mut req: Request<Incoming>) -> Result<Response<UpBody>>
             )
             .await;
             while let Some(Ok(msg)) = ws.next().await {
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.send(msg).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    _ => {}
+                let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+                if matches!(msg, Message::Close(_)) || (echo && ws.send(msg).await.is_err()) {
+                    break;
                 }
             }
         });

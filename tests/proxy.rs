@@ -772,7 +772,10 @@ async fn connect_is_refused_even_for_a_device() -> R {
         )
         .await?;
     assert_eq!(raw.status(), Some(405), "{}", raw.text());
-    assert!(e.up.seen().is_empty(), "CONNECT must not reach the upstream");
+    assert!(
+        e.up.seen().is_empty(),
+        "CONNECT must not reach the upstream"
+    );
     Ok(())
 }
 

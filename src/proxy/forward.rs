@@ -36,7 +36,10 @@ pub async fn handle(
     };
     // A tunnel to an arbitrary authority is not something a Home Assistant gate offers.
     if req.method() == http::Method::CONNECT {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
+        return Ok(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported\n",
+        ));
     }
     let Some(host) = request_host(&req) else {
         return Ok(plain(

@@ -216,11 +216,42 @@ fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Sna
             ))
         })??;
 
-    let mut routes = Vec::new();
-    for route in stores.routes.state() {
+    // A host claimed by several routes (another namespace, a typo) goes to the oldest; the
+    // others are left out rather than failing the build, which would freeze the data plane
+    // (revocations included) and keep a new replica from ever becoming ready.
+    let mut candidates = stores.routes.state();
+    candidates.sort_by_cached_key(|r| {
+        (
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.namespace(),
+            r.name_any(),
+        )
+    });
+    let mut routes: Vec<RouteSource> = Vec::new();
+    let mut claimed: std::collections::HashMap<String, String> = Default::default();
+    for route in candidates {
+        let name = format!(
+            "{}/{}",
+            route.namespace().unwrap_or_default(),
+            route.name_any()
+        );
         match route_source(stores, &route) {
-            Ok(r) => routes.push(r),
-            Err(e) => tracing::warn!(route = %route.name_any(), error = %e, "route not served"),
+            Ok(r) => {
+                if let Some((host, owner)) = r
+                    .route
+                    .hosts
+                    .iter()
+                    .find_map(|h| claimed.get(h).map(|owner| (h, owner)))
+                {
+                    tracing::warn!(route = %name, %host, served_by = %owner, "route not served: its host is served by an older route");
+                    continue;
+                }
+                for host in &r.route.hosts {
+                    claimed.insert(host.clone(), name.clone());
+                }
+                routes.push(r);
+            }
+            Err(e) => tracing::warn!(route = %name, error = %e, "route not served"),
         }
     }
     let mut live = Vec::new();
@@ -236,15 +267,22 @@ fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Sna
         else {
             continue; // Not minted yet.
         };
-        match CertificateDer::from_pem_slice(&cert) {
-            Ok(der) => live.push(LiveCert {
+        // One unreadable certificate leaves that device out, never the whole snapshot.
+        let parsed = CertificateDer::from_pem_slice(&cert)
+            .map_err(|e| e.to_string())
+            .and_then(|der| {
+                let info = crate::pki::inspect(&der).map_err(|e| e.to_string())?;
+                Ok((der, info))
+            });
+        match parsed {
+            Ok((der, info)) => live.push(LiveCert {
                 identity: format!("{namespace}/{}", identity.name_any()),
-                serial_hex: crate::pki::inspect(&der)?.serial_hex,
+                serial_hex: info.serial_hex,
                 fingerprint: crate::snapshot::fingerprint(&der),
                 labels: identity.labels().clone(),
             }),
             Err(e) => {
-                tracing::warn!(identity = %identity.name_any(), error = %e, "device certificate unreadable")
+                tracing::warn!(identity = %format!("{namespace}/{}", identity.name_any()), error = %e, "device certificate unreadable; device not admitted")
             }
         }
     }

@@ -1,0 +1,439 @@
+#!/usr/bin/env bash
+# Portcullis vs nginx, side by side, on the same machine and the same certificates.
+#
+#   bench/run.sh            # everything: install nginx if absent, build, run, print a table
+#
+# For each repetition, each server in turn (never both at once) is started fresh and gets:
+#   idle RSS -> full mTLS handshakes (no resumption) -> RSS -> as many handshakes again
+#   (soak) -> RSS -> keep-alive requests -> 1,000 held WebSockets (RSS) -> stopped.
+# CPU time is read from /proc/PID/stat (utime+stime of every server process) over each
+# measured window and divided by the operations done: on 2 shared cores that is much
+# steadier than throughput. Medians of the repetitions are printed as a Markdown table.
+#
+# Knobs (environment): BENCH_REPEATS (3), BENCH_DURATION (10s), BENCH_HS_CONCURRENCY (8),
+# BENCH_REQ_CONNECTIONS (16), BENCH_WS_COUNT (1000), BENCH_WS_HOLD (5s),
+# BENCH_MAX_LOAD (1.5: wait, up to BENCH_LOAD_WAIT seconds (300), for the 1-minute load
+# average to fall below it before each server's measurements), BENCH_KEEP=1 keeps the temp
+# dir, BENCH_NO_BUILD=1 skips cargo build, BENCH_PORT_BASE (18440).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+REPEATS=${BENCH_REPEATS:-3}
+DURATION=${BENCH_DURATION:-10s}
+HS_CONC=${BENCH_HS_CONCURRENCY:-8}
+REQ_CONNS=${BENCH_REQ_CONNECTIONS:-16}
+WS_COUNT=${BENCH_WS_COUNT:-1000}
+WS_HOLD=${BENCH_WS_HOLD:-5s}
+MAX_LOAD=${BENCH_MAX_LOAD:-1.5}
+LOAD_WAIT=${BENCH_LOAD_WAIT:-300}
+BASE=${BENCH_PORT_BASE:-18440}
+UP_PORT=$((BASE + 0)) PC_PORT=$((BASE + 1)) NG_PORT=$((BASE + 2)) ADMIN_PORT=$((BASE + 3))
+HOST=bench.test
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- prerequisites -------------------------------------------------------------------------
+ulimit -n "$(ulimit -Hn)" # 1,000 WebSockets need ~3,000 descriptors across the processes
+command -v python3 >/dev/null || die "python3 is needed to tabulate results"
+if ! command -v nginx >/dev/null; then
+    log "installing nginx (Debian package)"
+    # Keep the package's postinst from starting a system nginx on port 80.
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >&2 \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >&2
+    [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+NGINX=$(command -v nginx)
+
+cd "$ROOT"
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+    log "building (release)"
+    nice -n 5 cargo build --release --bin portcullis --example loadgen >&2
+fi
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+PORTCULLIS=$TARGET_DIR/release/portcullis
+LOADGEN=$TARGET_DIR/release/examples/loadgen
+[ -x "$PORTCULLIS" ] || die "$PORTCULLIS missing"
+[ -x "$LOADGEN" ] || die "$LOADGEN missing"
+
+for port in $UP_PORT $PC_PORT $NG_PORT $ADMIN_PORT; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "port $port is busy; set BENCH_PORT_BASE"
+    fi
+done
+
+WORK=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
+STATE=$WORK/state
+RESULTS=$WORK/results.jsonl
+PIDS=()
+# Private copies: the shared target dir may be rebuilt by someone else mid-run.
+mkdir -p "$WORK/bin"
+cp "$PORTCULLIS" "$LOADGEN" "$WORK/bin/"
+PORTCULLIS=$WORK/bin/portcullis
+LOADGEN=$WORK/bin/loadgen
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+wait_port() { # port seconds
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Sum of VmRSS (KiB) over the given PIDs.
+rss_kib() {
+    local pid sum=0 v
+    for pid in "$@"; do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        sum=$((sum + ${v:-0}))
+    done
+    echo "$sum"
+}
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+wait_for_quiet() {
+    local waited=0
+    until awk -v l="$(load1)" -v m="$MAX_LOAD" 'BEGIN { exit !(l < m) }'; do
+        if ((waited >= LOAD_WAIT)); then
+            log "load $(load1) still >= $MAX_LOAD after ${LOAD_WAIT}s; measuring anyway (noted)"
+            return
+        fi
+        ((waited == 0)) && log "load $(load1) >= $MAX_LOAD: waiting for other work to calm down"
+        sleep 10
+        waited=$((waited + 10))
+    done
+}
+
+record() { # json-object-fields...
+    echo "{$*}" >>"$RESULTS"
+}
+
+# --- the upstream both servers proxy to ------------------------------------------------------
+"$LOADGEN" upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
+PIDS+=($!)
+wait_port "$UP_PORT" 10 || die "upstream did not start"
+
+# --- portcullis config and its state (CA, server and device certificates, CRL) ---------------
+write_config() { # old-phone revoked: true|false
+    cat >"$WORK/portcullis.yaml.new" <<EOF
+# Benchmark installation: one route, two devices. The second is revoked after its first
+# certificate was issued, so the CRL that nginx checks lists a serial, as in a real
+# installation that has retired a device.
+apiVersion: portcullis.dev/v1alpha1
+kind: ProtectedRoute
+metadata:
+  name: bench
+spec:
+  hosts: [$HOST]
+  upstream:
+    url: http://127.0.0.1:$UP_PORT
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ClientIdentity
+metadata:
+  name: laptop
+spec:
+  keyAlgorithm: ECDSA-P256
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ClientIdentity
+metadata:
+  name: old-phone
+spec:
+  keyAlgorithm: ECDSA-P256
+  revoked: $1
+EOF
+    mv "$WORK/portcullis.yaml.new" "$WORK/portcullis.yaml"
+}
+write_config false
+
+start_portcullis() {
+    "$PORTCULLIS" standalone --config "$WORK/portcullis.yaml" --state-dir "$STATE" \
+        --listen "127.0.0.1:$PC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+        >>"$WORK/portcullis.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=($SERVER_PID)
+    if ! wait_port "$PC_PORT" 60; then
+        tail -20 "$WORK/portcullis.log" >&2
+        die "portcullis did not start"
+    fi
+    SERVER_PIDS=("$SERVER_PID")
+}
+
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null || return 0
+        sleep 0.1
+    done
+}
+
+log "minting state with portcullis standalone"
+start_portcullis
+for f in ca/tls.crt crl.pem routes/bench/tls.crt routes/bench/tls.key \
+    identities/laptop/tls.crt identities/laptop/tls.key identities/laptop/ca.crt \
+    identities/old-phone/tls.crt; do
+    for ((i = 0; i < 100; i++)); do [ -s "$STATE/$f" ] && break; sleep 0.1; done
+    [ -s "$STATE/$f" ] || die "portcullis did not write $STATE/$f"
+done
+crl_before=$(cksum <"$STATE/crl.pem")
+write_config true # the file watcher revokes old-phone and republishes the CRL
+for ((i = 0; i < 150; i++)); do
+    [ "$(cksum <"$STATE/crl.pem")" != "$crl_before" ] && break
+    sleep 0.1
+done
+[ "$(cksum <"$STATE/crl.pem")" != "$crl_before" ] || die "the CRL did not change after revoking old-phone"
+if command -v openssl >/dev/null; then
+    log "CRL: $(openssl crl -in "$STATE/crl.pem" -noout -text | grep -c 'Serial Number') revoked serial(s)"
+fi
+stop_server "$PC_PORT"
+
+# --- nginx with the same certificates ----------------------------------------------------------
+mkdir -p "$WORK/nginx/tmp"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+# nginx as the reference mTLS gate: client certificates required and checked against the
+# same CA and CRL; no session cache and no tickets, like the load generator.
+daemon off;
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;   # Portcullis logs no line per admitted request either.
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        ''      '';
+    }
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NG_PORT ssl;
+        server_name $HOST;
+        ssl_certificate $STATE/routes/bench/tls.crt;
+        ssl_certificate_key $STATE/routes/bench/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_verify_client on;
+        ssl_client_certificate $STATE/ca/tls.crt;
+        ssl_crl $STATE/crl.pem;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Host \$host;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_read_timeout 1h;
+        }
+    }
+}
+EOF
+"$NGINX" -t -q -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>&1 | grep -v 'could not open error log' >&2 || true
+
+start_nginx() {
+    "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>>"$WORK/nginx/stderr.log" &
+    SERVER_PID=$!
+    PIDS+=($SERVER_PID)
+    if ! wait_port "$NG_PORT" 20; then
+        cat "$WORK/nginx/error.log" "$WORK/nginx/stderr.log" >&2 || true
+        die "nginx did not start"
+    fi
+    local i workers
+    for ((i = 0; i < 50; i++)); do
+        workers=$(pgrep -P "$SERVER_PID" | tr '\n' ' ')
+        [ "$(wc -w <<<"$workers")" -ge 2 ] && break
+        sleep 0.1
+    done
+    # shellcheck disable=SC2206
+    SERVER_PIDS=("$SERVER_PID" $workers)
+}
+
+# --- measurements --------------------------------------------------------------------------------
+lg() { # server port mode args...
+    local server=$1 port=$2 mode=$3
+    shift 3
+    "$LOADGEN" "$mode" --addr "127.0.0.1:$port" --sni "$HOST" \
+        --ca "$STATE/ca/tls.crt" --cert "$STATE/identities/laptop/tls.crt" \
+        --key "$STATE/identities/laptop/tls.key" --label "$server" \
+        --server-pids "$(IFS=,; echo "${SERVER_PIDS[*]}")" --clk-tck "$CLK_TCK" "$@"
+}
+
+measure() { # server rep
+    local server=$1 rep=$2 port out
+    wait_for_quiet
+    local load_before
+    load_before=$(load1)
+    if [ "$server" = nginx ]; then port=$NG_PORT; start_nginx; else port=$PC_PORT; start_portcullis; fi
+    sleep 2
+    record "\"server\":\"$server\",\"rep\":$rep,\"mode\":\"idle\",\"server_rss_kib\":$(rss_kib "${SERVER_PIDS[@]}"),\"processes\":${#SERVER_PIDS[@]},\"load1\":$load_before"
+
+    log "$server #$rep: handshakes ($DURATION, concurrency $HS_CONC)"
+    out=$(lg "$server" "$port" handshakes --duration "$DURATION" --concurrency "$HS_CONC")
+    record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
+    sleep 2 # let closed connections drain before reading memory
+    record "\"server\":\"$server\",\"rep\":$rep,\"mode\":\"after_handshakes\",\"server_rss_kib\":$(rss_kib "${SERVER_PIDS[@]}")"
+
+    # Sustained: as much load again. A leak keeps growing here; a warm-up does not.
+    log "$server #$rep: handshake soak ($DURATION more)"
+    out=$(lg "$server" "$port" handshakes --duration "$DURATION" --concurrency "$HS_CONC")
+    out=${out/\"mode\":\"handshakes\"/\"mode\":\"handshakes_soak\"}
+    record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
+    sleep 2
+    record "\"server\":\"$server\",\"rep\":$rep,\"mode\":\"after_soak\",\"server_rss_kib\":$(rss_kib "${SERVER_PIDS[@]}")"
+
+    log "$server #$rep: keep-alive requests ($DURATION, $REQ_CONNS connections)"
+    out=$(lg "$server" "$port" requests --duration "$DURATION" --connections "$REQ_CONNS")
+    record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
+
+    log "$server #$rep: $WS_COUNT WebSockets held $WS_HOLD"
+    out=$(lg "$server" "$port" websockets --count "$WS_COUNT" --hold "$WS_HOLD")
+    record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
+
+    stop_server "$port"
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+for ((rep = 1; rep <= REPEATS; rep++)); do
+    # Alternate who goes first, so slow drifts in background load hit both alike.
+    if ((rep % 2)); then order="nginx portcullis"; else order="portcullis nginx"; fi
+    for server in $order; do
+        measure "$server" "$rep"
+    done
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- report ----------------------------------------------------------------------------------------
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then COMMIT="$COMMIT (+ uncommitted changes)"; fi
+{
+    echo
+    echo "## Portcullis vs nginx — mutual TLS, side by side"
+    echo
+    echo "- commit: $COMMIT"
+    echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(openssl version 2>/dev/null || echo 'OpenSSL ?')"
+    echo "- rustc: $(rustc --version 2>/dev/null || echo '?')"
+    echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+    echo "- load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end"
+    echo "- runs: $REPEATS × each server in turn; handshakes $DURATION at concurrency $HS_CONC; requests $DURATION over $REQ_CONNS connections; $WS_COUNT WebSockets held $WS_HOLD"
+    echo
+    python3 - "$RESULTS" "$WS_COUNT" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+ws_count = int(sys.argv[2])
+
+def med(server, mode, field, scale=1.0):
+    if mode == "soak_growth":  # per repetition: after the soak minus after the first run
+        by_rep = {}
+        for r in rows:
+            if r["server"] == server and r["mode"] in ("after_handshakes", "after_soak"):
+                by_rep.setdefault(r["rep"], {})[r["mode"]] = r["server_rss_kib"]
+        vals = [d["after_soak"] - d["after_handshakes"] for d in by_rep.values() if len(d) == 2]
+        return statistics.median(vals) * scale if vals else None
+    vals = [r[field] for r in rows
+            if r["server"] == server and r["mode"] == mode and r.get(field) is not None]
+    return statistics.median(vals) * scale if vals else None
+
+def fmt(v, digits):
+    return "—" if v is None else f"{v:,.{digits}f}"
+
+MIB = 1 / 1024
+metrics = [
+    # label, mode, field, scale, digits, target kind, target value, higher is better
+    ("CPU per full mTLS handshake (ms)", "handshakes", "server_cpu_ms_per_op", 1, 3, "ratio<=", 1 / 3),
+    ("Handshakes/s", "handshakes", "rate_per_s", 1, 0, "ratio>=", 2.0),
+    ("Handshake+GET latency p50 (ms)", "handshakes", "p50_ms", 1, 2, None, None),
+    ("Handshake+GET latency p99 (ms)", "handshakes", "p99_ms", 1, 2, "ratio<=", 1.0),
+    ("Keep-alive requests/s", "requests", "rate_per_s", 1, 0, "ratio>=", 1.2),
+    ("CPU per keep-alive request (µs)", "requests", "server_cpu_ms_per_op", 1000, 1, None, None),
+    ("Request latency p50 (ms)", "requests", "p50_ms", 1, 3, None, None),
+    ("Request latency p99 (ms)", "requests", "p99_ms", 1, 3, "ratio<=", 1.0),
+    ("Request latency p99.9 (ms)", "requests", "p999_ms", 1, 3, None, None),
+    ("RSS idle (MiB)", "idle", "server_rss_kib", MIB, 1, "abs<", 20.0),
+    ("RSS after sustained handshake load (MiB)", "after_soak", "server_rss_kib", MIB, 1, "growth<=", 1.0),
+    ("RSS growth during the second handshake run (MiB)", "soak_growth", None, MIB, 2, "abs<=", 0.5),
+    (f"RSS with {ws_count:,} open WebSockets (MiB)", "websockets", "server_rss_kib_held", MIB, 1, "abs<", 64.0),
+]
+print("| metric | nginx | portcullis | ratio (p/n) | target | result |")
+print("|---|---:|---:|---:|---|---|")
+verdicts = []
+for label, mode, field, scale, digits, kind, target in metrics:
+    n, p = med("nginx", mode, field, scale), med("portcullis", mode, field, scale)
+    ratio = p / n if (n and p is not None) else None
+    goal, ok = "", None
+    if kind == "ratio<=" and ratio is not None:
+        goal = "≤ nginx" if target == 1.0 else f"≤ {target:.2f}× nginx"
+        ok = ratio <= target
+    elif kind == "ratio>=" and ratio is not None:
+        goal, ok = f"≥ {target:g}× nginx", ratio >= target
+    elif kind == "abs<" and p is not None:
+        goal, ok = f"< {target:g} MiB", p < target
+    elif kind == "abs<=" and p is not None:
+        goal, ok = f"≤ {target:g} MiB (no leak)", p <= target
+    elif kind == "growth<=" and p is not None:
+        idle = med("portcullis", "idle", "server_rss_kib", MIB)
+        growth = p - idle
+        goal = f"no growth over idle (≤ {target:g} MiB tolerance); measured {growth:+.1f}"
+        ok = growth <= target
+    result = "" if ok is None else ("PASS" if ok else "FAIL")
+    if ok is not None:
+        verdicts.append((label, ok))
+    shown_ratio = "—" if ratio is None or mode == "soak_growth" else f"{ratio:.2f}"
+    print(f"| {label} | {fmt(n, digits)} | {fmt(p, digits)} | {shown_ratio} | {goal} | {result} |")
+
+print()
+for server in ("nginx", "portcullis"):
+    errs = {}
+    for r in rows:
+        if r["server"] == server:
+            for k, v in (r.get("error_kinds") or {}).items():
+                errs[f'{r["mode"]}: {k}'] = errs.get(f'{r["mode"]}: {k}', 0) + v
+    ws = [r for r in rows if r["server"] == server and r["mode"] == "websockets"]
+    opened = statistics.median([r["opened"] for r in ws]) if ws else None
+    loads = [r["load1"] for r in rows if r["server"] == server and "load1" in r]
+    print(f"- {server}: errors {sum(errs.values())}"
+          + (f" ({'; '.join(f'{k} ×{v}' for k, v in sorted(errs.items()))})" if errs else "")
+          + (f"; WebSockets opened (median) {opened:g}" if opened is not None else "")
+          + (f"; load average during runs {min(loads):.2f}–{max(loads):.2f}" if loads else ""))
+failed = [l for l, ok in verdicts if not ok]
+print(f"\n{len(verdicts) - len(failed)} of {len(verdicts)} targets met"
+      + (f"; missed: {', '.join(failed)}" if failed else ""))
+PY
+    echo
+    echo "Per-run JSON lines: $RESULTS$([ "${BENCH_KEEP:-0}" = 1 ] || echo ' (set BENCH_KEEP=1 to keep)')"
+}
