@@ -134,7 +134,7 @@ impl Snapshot {
                 "no cookie key: the cookie-keys ring is empty".into(),
             ));
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let mut certs = SniResolver::default();
         let mut routes = Vec::with_capacity(sources.len());
         let mut route_by_host = HashMap::new();
@@ -178,6 +178,7 @@ impl Snapshot {
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(certs));
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.ignore_client_order = true;
 
         Ok(Snapshot {
             generation,
@@ -222,6 +223,22 @@ impl Snapshot {
     }
 }
 
+/// ring, with TLS 1.3 suites in the server's order of preference: AES-128-GCM and
+/// ChaCha20 run a SHA-256 key schedule, cheaper than AES-256-GCM's SHA-384 on CPUs
+/// without SHA-512 instructions, at no loss of security that matters here.
+fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::cipher_suite as suite;
+    let mut provider = rustls::crypto::ring::default_provider();
+    let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
+        id if id == suite::TLS13_AES_128_GCM_SHA256.suite() => 0,
+        id if id == suite::TLS13_CHACHA20_POLY1305_SHA256.suite() => 1,
+        id if id == suite::TLS13_AES_256_GCM_SHA384.suite() => 2,
+        _ => 3,
+    };
+    provider.cipher_suites.sort_by_key(rank);
+    provider
+}
+
 /// Picks the server certificate by SNI; clients without SNI (an IP address in the URL)
 /// get the first route's certificate.
 #[derive(Debug, Default)]
@@ -249,10 +266,18 @@ impl ResolvesServerCert for SniResolver {
 /// allowlist of live identities. A certificate the CA signed for an identity that was
 /// since revoked or deleted fails the handshake, so no CRL lookup is needed on the hot
 /// path; the CRL is still published for other software.
+///
+/// The chain check of an allowlisted certificate is done once per snapshot: the
+/// allowlist pins the certificate's exact bytes (SHA-256), so the CA's signature on them
+/// cannot change; only the validity window is re-checked per handshake. That is a quarter
+/// of a handshake's CPU (see BENCHMARKS.md). The client still proves its key in every
+/// handshake (CertificateVerify).
 #[derive(Debug)]
 struct LiveCertVerifier {
     chain: Arc<dyn ClientCertVerifier>,
     live: std::collections::HashSet<Fingerprint>,
+    /// Live certificates whose chain verified, with their notAfter.
+    verified: std::sync::RwLock<HashMap<Fingerprint, UnixTime>>,
 }
 
 impl LiveCertVerifier {
@@ -278,7 +303,27 @@ impl LiveCertVerifier {
         Ok(Self {
             chain,
             live: live.iter().map(|c| c.fingerprint).collect(),
+            verified: Default::default(),
         })
+    }
+
+    /// The notAfter of a certificate whose chain already verified in this snapshot.
+    fn verified_until(&self, fp: &Fingerprint) -> Option<UnixTime> {
+        // A poisoned lock only means a panic elsewhere mid-insert: the map is still valid.
+        let map = self.verified.read().unwrap_or_else(|p| p.into_inner());
+        map.get(fp).copied()
+    }
+
+    fn remember(&self, fp: Fingerprint, end_entity: &CertificateDer<'_>) {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity) else {
+            return; // webpki accepted it, so this cannot happen; just skip the cache.
+        };
+        let Ok(secs) = u64::try_from(cert.validity().not_after.timestamp()) else {
+            return;
+        };
+        let not_after = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+        let mut map = self.verified.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(fp, not_after);
     }
 }
 
@@ -301,10 +346,22 @@ impl ClientCertVerifier for LiveCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        let fp = fingerprint(end_entity);
+        if let Some(not_after) = self.verified_until(&fp) {
+            return if now.as_secs() <= not_after.as_secs() {
+                Ok(ClientCertVerified::assertion())
+            } else {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired,
+                ))
+            };
+        }
+        // The full check also classifies refusals (unknown CA, expired) for the metrics.
         let verified = self
             .chain
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.live.contains(&fingerprint(end_entity)) {
+        if self.live.contains(&fp) {
+            self.remember(fp, end_entity);
             Ok(verified)
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -338,3 +395,71 @@ impl ClientCertVerifier for LiveCertVerifier {
 
 /// What the proxy holds: the newest snapshot, `None` until a source produced the first.
 pub type SnapshotRx = tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pki::Ca;
+    use crate::resources::KeyAlgorithm;
+
+    fn der(cert: &crate::pki::IssuedCert) -> CertificateDer<'static> {
+        CertificateDer::from(cert.cert_der.clone())
+    }
+
+    #[test]
+    fn verifier_checks_the_chain_once_then_only_the_validity_window() {
+        let ca = Ca::generate("test CA").unwrap();
+        let day = Duration::from_secs(86_400);
+        let alice = ca
+            .issue_client("alice", KeyAlgorithm::EcdsaP256, day)
+            .unwrap();
+        let stranger = ca
+            .issue_client("stranger", KeyAlgorithm::EcdsaP256, day)
+            .unwrap();
+        let live = vec![Arc::new(LiveCert {
+            identity: "alice".into(),
+            serial_hex: alice.info.serial_hex.clone(),
+            fingerprint: fingerprint(&alice.cert_der),
+            labels: Default::default(),
+        })];
+        let provider = Arc::new(provider());
+        let roots = vec![CertificateDer::from(ca.cert_der().to_vec())];
+        let verifier = LiveCertVerifier::new(roots, &live, provider).unwrap();
+        let now = UnixTime::now();
+
+        assert!(verifier.verify_client_cert(&der(&alice), &[], now).is_ok());
+        assert!(
+            verifier
+                .verified_until(&fingerprint(&alice.cert_der))
+                .is_some()
+        );
+        assert!(
+            verifier.verify_client_cert(&der(&alice), &[], now).is_ok(),
+            "cached"
+        );
+        let later = UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs()) + 2 * day);
+        assert_eq!(
+            verifier.verify_client_cert(&der(&alice), &[], later).err(),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired
+            )),
+            "the cache must not outlive the certificate"
+        );
+        // Signed by the CA but not a live identity: never cached, always refused.
+        for _ in 0..2 {
+            assert_eq!(
+                verifier.verify_client_cert(&der(&stranger), &[], now).err(),
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked
+                ))
+            );
+        }
+        assert!(
+            verifier
+                .verified_until(&fingerprint(&stranger.cert_der))
+                .is_none()
+        );
+    }
+}
