@@ -177,25 +177,12 @@ pub fn cookie_keys_secret(namespace: &str, key: &[u8; 32]) -> Secret {
     .build()
 }
 
-/// Parses the cookie keys text: newest first, one base64 32-byte key per line.
+/// Parses the cookie keys text: newest first, one base64 32-byte key per line (the
+/// standalone `cookie-keys` file format, parsed by the same code).
 pub fn parse_cookie_keys(text: &str) -> Result<Vec<[u8; 32]>, String> {
-    let mut keys = Vec::new();
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let key = BASE64
-            .decode(line.trim())
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or_else(|| format!("line {} is not base64 of 32 bytes", n + 1))?;
-        keys.push(key);
-    }
-    if keys.is_empty() {
-        return Err(format!("key {COOKIE_KEYS_KEY} holds no keys"));
-    }
-    Ok(keys)
+    let origin = format!("key {COOKIE_KEYS_KEY}");
+    crate::state::parse_cookie_keys(std::path::Path::new(&origin), text.as_bytes())
+        .map_err(|e| e.to_string())
 }
 
 fn random_key() -> Result<[u8; 32]> {

@@ -272,4 +272,20 @@ mod tests {
         assert!(covers(&san_hosts(&s.cert_der), "HA.example.test"));
         assert_eq!(normalize_host("HA.Example.TEST"), "ha.example.test");
     }
+
+    #[test]
+    fn sans_cover_hosts_and_issuer_matches() {
+        let ca = Ca::generate("t").unwrap();
+        let other = Ca::generate("t").unwrap();
+        let hosts = vec!["HA.example.test".to_owned(), "127.0.0.1".to_owned()];
+        let cert = ca.issue_server(&hosts, Duration::from_secs(60)).unwrap();
+        let sans = san_hosts(&cert.cert_der);
+        assert!(covers(&sans, "ha.example.test") && covers(&sans, "127.0.0.1"));
+        assert!(!covers(&sans, "other.example.test"));
+        let wild: BTreeSet<String> = ["*.example.test".to_owned()].into();
+        assert!(covers(&wild, "ha.example.test") && !covers(&wild, "a.b.example.test"));
+        assert!(issued_by(&cert.cert_der, ca.cert_der()));
+        assert!(!issued_by(&cert.cert_der, other.cert_der()));
+        assert_eq!(key_algorithm(&cert.cert_der), Some(KeyAlgorithm::EcdsaP256));
+    }
 }

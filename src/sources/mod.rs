@@ -10,7 +10,8 @@
 //! ```
 //! A rejected update never replaces the snapshot being served.
 
-mod certs;
+// The certificate checks are shared with the Kubernetes controller.
+use crate::pki::renewal as certs;
 pub mod cluster;
 pub mod config;
 mod devices;
