@@ -794,7 +794,7 @@ async fn a_missing_verb_fails_the_scenario() {
 /// Without that rule the operator cannot mint; with the chart's RBAC it can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_reference_enforcement_needs_the_finalizers_rule() {
-    let env = CustomEnvtest::start(&[
+    let env = Envtest::start_with(&[
         "--apiserver-arg=--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
     ]);
     let admin = env.client().await;

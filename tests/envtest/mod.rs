@@ -51,6 +51,12 @@ fn binary() -> &'static Path {
 impl Envtest {
     /// Starts a control plane and waits until it is ready (a few seconds).
     pub fn start() -> Envtest {
+        Envtest::start_with(&[])
+    }
+
+    /// [`Envtest::start`] with extra harness flags, e.g.
+    /// `--apiserver-arg=--enable-admission-plugins=…`.
+    pub fn start_with(extra: &[&str]) -> Envtest {
         // Under target/tmp: a `static` Envtest is never dropped, so its small directory
         // (kubeconfig, log) stays behind; there `cargo clean` takes it.
         let dir = tempfile::Builder::new()
@@ -64,6 +70,7 @@ impl Envtest {
             .arg(&kubeconfig)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
