@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use http::Method;
 
-pub use cookie::{CookieError, cookie_values, issue_cookie, set_cookie_header, verify_cookie};
+pub use cookie::{CookieError, CookieMint, cookie_values, issue_cookie, verify_cookie};
 
 use crate::snapshot::{Bypass, Fingerprint, LiveCert, Route, Snapshot};
 
@@ -68,11 +68,12 @@ impl DenyReason {
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Admitted by its client certificate; `set_cookie` is a `Set-Cookie` value to add to an
-    /// ordinary (non-101) response when the request carried no fresh cookie.
+    /// Admitted by its client certificate; `cookie_due` when the route has a cookie
+    /// fallback and the request carried no fresh cookie, so an ordinary (non-101) response
+    /// should set one.
     Certificate {
         cert: Arc<LiveCert>,
-        set_cookie: Option<String>,
+        cookie_due: bool,
     },
     /// Admitted by a cookie earned with a certificate earlier.
     Cookie {
@@ -111,7 +112,7 @@ pub fn admit(snapshot: &Snapshot, route: &Route, req: &Request<'_>) -> Decision 
         match snapshot.live_by_fingerprint(fp) {
             Some(cert) if route.admits(cert) => {
                 return Decision::Certificate {
-                    set_cookie: cookie_to_set(snapshot, route, req, cert),
+                    cookie_due: cookie_due(snapshot, route, req, cert),
                     cert: cert.clone(),
                 };
             }
@@ -155,26 +156,17 @@ pub fn admit(snapshot: &Snapshot, route: &Route, req: &Request<'_>) -> Decision 
     Decision::Deny(reason)
 }
 
-/// A fresh `Set-Cookie` value unless the request already carries a valid cookie for this
-/// identity that has more than half its lifetime left.
-fn cookie_to_set(
-    snapshot: &Snapshot,
-    route: &Route,
-    req: &Request<'_>,
-    cert: &LiveCert,
-) -> Option<String> {
-    let policy = route.cookie.as_ref()?;
-    let keys = snapshot.cookie_keys();
+/// Whether the response should set a cookie: the route has the fallback and the request
+/// carries no valid cookie for this identity with more than half its lifetime left.
+fn cookie_due(snapshot: &Snapshot, route: &Route, req: &Request<'_>, cert: &LiveCert) -> bool {
+    let Some(policy) = route.cookie.as_ref() else {
+        return false;
+    };
     let refresh_after = req.now + policy.ttl / 2;
-    let fresh = req.cookies.iter().any(|value| {
-        cookie::verify_cookie_until(keys, value, req.host, req.now)
+    !req.cookies.iter().any(|value| {
+        cookie::verify_cookie_until(snapshot.cookie_keys(), value, req.host, req.now)
             .is_ok_and(|(serial, expires)| serial == cert.serial_hex && expires > refresh_after)
-    });
-    if fresh {
-        return None;
-    }
-    let value = issue_cookie(&keys[0], &cert.serial_hex, req.host, req.now + policy.ttl);
-    Some(set_cookie_header(&policy.name, &value, policy.ttl))
+    })
 }
 
 /// Whether `path` falls under the bypass rule. Only canonical paths qualify: a path with

@@ -92,6 +92,9 @@ struct ProxyArgs {
     /// Peers (CIDR or IP) that must send a PROXY protocol header. Repeatable.
     #[arg(long, env = "PORTCULLIS_PROXY_PROTOCOL_FROM", value_delimiter = ',', value_parser = parse_net)]
     proxy_protocol_from: Vec<IpNet>,
+    /// Threads serving client connections (0: one per available CPU).
+    #[arg(long, env = "PORTCULLIS_WORKERS", default_value_t = 0)]
+    workers: usize,
 }
 
 impl ProxyArgs {
@@ -100,6 +103,7 @@ impl ProxyArgs {
             trusted_proxies: self.trusted_proxy,
             proxy_protocol_from: self.proxy_protocol_from,
             limits: proxy::Limits::default(),
+            workers: self.workers,
         }
     }
 }

@@ -1071,6 +1071,118 @@ async fn large_bodies_stream_both_ways() -> R {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_open_and_shared_between_clients() -> R {
+    // One worker, so every client connection shares one upstream pool.
+    let settings = Settings {
+        workers: 1,
+        ..Settings::default()
+    };
+    let e = env_with(|_, _| {}, settings).await;
+    let mut conn = e.gate.client().cert(&e.alice).open().await?;
+    for _ in 0..20 {
+        assert_eq!(conn.send(get("/")).await?.status, StatusCode::OK);
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            e.gate.client().cert(&e.bob).get("/").await?.status,
+            StatusCode::OK
+        );
+    }
+    // Bodiless and streamed responses hand the connection back too.
+    assert_eq!(conn.send(head("/")).await?.status, StatusCode::OK);
+    assert_eq!(conn.send(get("/stream")).await?.body.len(), STREAM_LEN);
+    assert_eq!(conn.send(get("/")).await?.status, StatusCode::OK);
+    assert_eq!(
+        e.up.connections(),
+        1,
+        "sequential requests need one upstream connection"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_short_does_not_spoil_the_next_request() -> R {
+    let settings = Settings {
+        workers: 1,
+        ..Settings::default()
+    };
+    let e = env_with(|_, _| {}, settings).await;
+    // Ask for the 8 MiB stream, read only the head, and hang up.
+    let tls = e.gate.client().cert(&e.alice).connect().await?;
+    let (mut read, mut write) = tokio::io::split(tls);
+    write
+        .write_all(format!("GET /stream HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = [0u8; 1024];
+    let n = tokio::io::AsyncReadExt::read(&mut read, &mut head).await?;
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    drop((read, write));
+    // The half-read upstream connection is not handed to the next request.
+    for _ in 0..3 {
+        let resp = e.gate.client().cert(&e.alice).get("/after").await?;
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(resp.echo().path, "/after");
+    }
+    Ok(())
+}
+
+/// An upstream that answers one request per connection and then closes it without saying
+/// so (`Connection: close` absent), like a server whose keep-alive timer just fired.
+async fn upstream_closing_after_each_response() -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_idle_connections_costs_no_request() -> R {
+    let pki = TestPki::new();
+    let upstream = upstream_closing_after_each_response().await?;
+    let alice = pki.client("alice");
+    let settings = Settings {
+        workers: 1,
+        ..Settings::default()
+    };
+    let gate = Gate::start(
+        &pki,
+        spec(
+            vec![route("ha", &[HOST], upstream)],
+            vec![live("alice", &alice)],
+        ),
+        settings,
+    )
+    .await;
+    let mut conn = gate.client().cert(&alice).open().await?;
+    for i in 0..30 {
+        let resp = conn.send(get("/")).await?;
+        assert_eq!(resp.status, StatusCode::OK, "request {i}: {}", resp.text());
+        assert_eq!(resp.text(), "ok");
+        if i % 3 == 0 {
+            // Give the close time to arrive, too, so both orders are exercised.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
 // ───────────────────────── 11. limits and bad input ─────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,16 @@
 //! The fallback cookie: `v1.<serial>.<expiry>.<mac>`, where the HMAC-SHA256 also covers
 //! the host, so a cookie minted for one route is worthless on another.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
+
+use crate::snapshot::CookiePolicy;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -121,4 +124,137 @@ pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h str> {
             (k == name).then_some(v.trim_matches('"'))
         })
         .collect()
+}
+
+/// How long one connection may hand out the same minted cookie. Short, so the `Max-Age`
+/// it carries stays within a minute of the expiry signed into it.
+const REUSE_FOR: Duration = Duration::from_secs(60);
+
+/// Mints `Set-Cookie` values for one client connection, handing out the last one again
+/// for up to [`REUSE_FOR`]: a client that never stores the cookie (curl, scripts, API
+/// clients) would otherwise cost an HMAC and a few allocations on every request.
+#[derive(Debug, Default)]
+pub struct CookieMint {
+    last: Mutex<Option<Minted>>,
+}
+
+#[derive(Debug)]
+struct Minted {
+    key: [u8; 32],
+    serial: String,
+    host: String,
+    policy: CookiePolicy,
+    reuse_until: SystemTime,
+    header: HeaderValue,
+}
+
+impl CookieMint {
+    /// The `Set-Cookie` value for certificate `serial` on `host`, signed with `key`.
+    pub fn set_cookie(
+        &self,
+        key: &[u8; 32],
+        policy: &CookiePolicy,
+        serial: &str,
+        host: &str,
+        now: SystemTime,
+    ) -> Option<HeaderValue> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = last.as_ref()
+            && now < m.reuse_until
+            && m.key == *key
+            && m.serial == serial
+            && m.host == host
+            && m.policy == *policy
+        {
+            return Some(m.header.clone());
+        }
+        let value = issue_cookie(key, serial, host, now + policy.ttl);
+        let header = HeaderValue::from_str(&set_cookie_header(&policy.name, &value, policy.ttl));
+        // Serials are hex and hosts validated: the value is always valid header text.
+        let header = header.ok()?;
+        *last = Some(Minted {
+            key: *key,
+            serial: serial.to_owned(),
+            host: host.to_owned(),
+            policy: policy.clone(),
+            reuse_until: now + REUSE_FOR.min(policy.ttl / 2),
+            header: header.clone(),
+        });
+        Some(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 32] = [7; 32];
+    const HOST: &str = "ha.example.com";
+
+    fn policy() -> CookiePolicy {
+        CookiePolicy {
+            name: "__Host-portcullis".into(),
+            ttl: Duration::from_secs(3600),
+        }
+    }
+
+    fn header_value(h: &HeaderValue) -> &str {
+        h.to_str().expect("ascii")
+    }
+
+    #[test]
+    fn minted_cookie_has_the_host_prefix_attributes_and_verifies() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let set = CookieMint::default()
+            .set_cookie(&KEY, &policy(), "a1", HOST, now)
+            .expect("minted");
+        let set = header_value(&set);
+        let value = set
+            .strip_prefix("__Host-portcullis=")
+            .and_then(|rest| rest.split_once(';'))
+            .map(|(value, _)| value)
+            .expect("name=value;");
+        assert!(value.starts_with("v1.a1."), "{set}");
+        assert!(
+            set.ends_with("; Max-Age=3600; Path=/; Secure; HttpOnly; SameSite=Lax"),
+            "{set}"
+        );
+        assert!(!set.contains("Domain"));
+        assert_eq!(verify_cookie(&[KEY], value, HOST, now), Ok("a1".into()));
+        assert_eq!(
+            verify_cookie(&[KEY], value, HOST, now + Duration::from_secs(3600)),
+            Err(CookieError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_connection_reuses_its_cookie_for_a_minute_and_only_for_the_same_grant() {
+        let mint = CookieMint::default();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let first = mint.set_cookie(&KEY, &policy(), "a1", HOST, now);
+        let later = now + Duration::from_secs(59);
+        assert_eq!(mint.set_cookie(&KEY, &policy(), "a1", HOST, later), first);
+
+        let minute = now + Duration::from_secs(60);
+        assert_ne!(mint.set_cookie(&KEY, &policy(), "a1", HOST, minute), first);
+        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute);
+        // Another serial, host, key or policy is never served a cached value.
+        assert_ne!(mint.set_cookie(&KEY, &policy(), "b2", HOST, minute), again);
+        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute);
+        assert_ne!(
+            mint.set_cookie(&KEY, &policy(), "a1", "other.example.com", minute),
+            again
+        );
+        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute);
+        assert_ne!(
+            mint.set_cookie(&[8; 32], &policy(), "a1", HOST, minute),
+            again
+        );
+        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute);
+        let short = CookiePolicy {
+            ttl: Duration::from_secs(600),
+            ..policy()
+        };
+        assert_ne!(mint.set_cookie(&KEY, &short, "a1", HOST, minute), again);
+    }
 }

@@ -136,18 +136,12 @@ fn live_certificate_is_admitted_and_earns_a_cookie() {
     .decide(&snap);
     let Decision::Certificate {
         cert,
-        set_cookie: Some(set),
+        cookie_due: true,
     } = d
     else {
         panic!("{d:?}")
     };
     assert_eq!(cert.identity, "alice");
-    assert!(set.starts_with("__Host-portcullis=v1.a1."), "{set}");
-    assert!(
-        set.ends_with("; Max-Age=3600; Path=/; Secure; HttpOnly; SameSite=Lax"),
-        "{set}"
-    );
-    assert!(!set.contains("Domain"));
 }
 
 #[test]
@@ -161,7 +155,7 @@ fn fresh_cookie_is_not_reissued_but_an_aging_one_is() {
     assert!(matches!(
         fresh.decide(&snap),
         Decision::Certificate {
-            set_cookie: None,
+            cookie_due: false,
             ..
         }
     ));
@@ -173,7 +167,7 @@ fn fresh_cookie_is_not_reissued_but_an_aging_one_is() {
     assert!(matches!(
         aging.decide(&snap),
         Decision::Certificate {
-            set_cookie: Some(_),
+            cookie_due: true,
             ..
         }
     ));
@@ -186,7 +180,7 @@ fn fresh_cookie_is_not_reissued_but_an_aging_one_is() {
     assert!(matches!(
         other.decide(&snap),
         Decision::Certificate {
-            set_cookie: Some(_),
+            cookie_due: true,
             ..
         }
     ));
@@ -205,7 +199,7 @@ fn no_cookie_is_set_when_the_fallback_is_off() {
     assert!(matches!(
         d,
         Decision::Certificate {
-            set_cookie: None,
+            cookie_due: false,
             ..
         }
     ));

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::revocation::{self, Credential};
 use super::{Shared, contains, proxy_protocol, reason};
+use crate::admission::CookieMint;
 use crate::snapshot::{Fingerprint, fingerprint};
 
 /// Facts about a connection that admission and forwarding need.
@@ -22,6 +24,8 @@ use crate::snapshot::{Fingerprint, fingerprint};
 pub struct ConnInfo {
     /// The real client: the PROXY header's source when a trusted proxy sent one.
     pub client: SocketAddr,
+    /// `client`'s address as header text, for `X-Forwarded-For`.
+    pub client_header: HeaderValue,
     /// The TCP peer (the trusted proxy itself when there is one).
     pub peer: SocketAddr,
     pub client_cert: Option<Fingerprint>,
@@ -29,6 +33,8 @@ pub struct ConnInfo {
     pub sni: Option<String>,
     /// Held as long as anything (the connection, a tunnel) still uses the connection.
     pub open: Arc<Open>,
+    /// The cookie last handed to this client, reused while fresh.
+    pub cookie_mint: CookieMint,
 }
 
 /// One open client connection: its `max_connections` slot and its place in the
@@ -130,10 +136,14 @@ pub async fn handle(
         .map(|c| fingerprint(c));
     let info = Arc::new(ConnInfo {
         client,
+        // An address always formats as valid header text.
+        client_header: HeaderValue::from_str(&client.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown")),
         peer,
         client_cert,
         sni: session.server_name().map(str::to_ascii_lowercase),
         open,
+        cookie_mint: CookieMint::default(),
     });
     // HTTP/2 only when ALPN chose it (RFC 9113 §3.2: over TLS, h2 is always negotiated).
     // Serving each protocol directly, rather than sniffing the first bytes, means the

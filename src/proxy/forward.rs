@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -68,6 +69,7 @@ pub async fn handle(
     let cookies = cookie_name
         .map(|n| admission::cookie_values(req.headers(), n))
         .unwrap_or_default();
+    let now = SystemTime::now();
     let decision = admission::admit(
         &snapshot,
         &route,
@@ -77,7 +79,7 @@ pub async fn handle(
             host: &host,
             client_cert: conn.client_cert.as_ref(),
             cookies: &cookies,
-            now: SystemTime::now(),
+            now,
         },
     );
     drop(cookies);
@@ -90,22 +92,27 @@ pub async fn handle(
         );
         return Ok(denied(&req, reason));
     }
+    let set_cookie = match (&decision, &route.cookie) {
+        (
+            Decision::Certificate {
+                cert,
+                cookie_due: true,
+            },
+            Some(policy),
+        ) => snapshot.cookie_keys().first().and_then(|key| {
+            conn.cookie_mint
+                .set_cookie(key, policy, &cert.serial_hex, &host, now)
+        }),
+        _ => None,
+    };
     drop(snapshot);
 
     let identity = decision.identity().map(|c| c.identity.as_str());
     let upgrade = is_upgrade(&req);
-    prepare(
-        &mut req,
-        &route,
-        &conn,
-        &shared,
-        &host,
-        identity,
-        cookie_name,
-    );
+    prepare(&mut req, &conn, &shared, &host, identity, cookie_name);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let mut resp = match shared.upstream.request(req).await {
+    let mut resp = match shared.upstream.send(&route.upstream, req).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(route = %route.name, upstream = %route.upstream, error = %e, "upstream unreachable");
@@ -138,13 +145,8 @@ pub async fn handle(
     }
 
     headers::strip_hop_by_hop(resp.headers_mut(), false);
-    if let Decision::Certificate {
-        set_cookie: Some(cookie),
-        ..
-    } = &decision
-        && let Ok(v) = HeaderValue::from_str(cookie)
-    {
-        resp.headers_mut().append(header::SET_COOKIE, v);
+    if let Some(cookie) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     // A certificate connection is closed as a whole when its certificate goes (conn.rs);
     // a response admitted by cookie (an event stream, a camera feed) must end on its own.
@@ -203,7 +205,6 @@ impl hyper::body::Body for UntilGone {
 /// Rewrites the request for the upstream: sanitised headers, origin-form URI, HTTP/1.1.
 fn prepare(
     req: &mut Request<Incoming>,
-    route: &Route,
     conn: &ConnInfo,
     shared: &Shared,
     host: &str,
@@ -216,28 +217,27 @@ fn prepare(
     if let Some(name) = cookie_name {
         headers::strip_cookie(headers, name);
     }
+    // Routed hosts are validated names or addresses: always valid header text.
+    let host = HeaderValue::from_str(host).ok();
+    let no_host = HeaderValue::from_static("");
     let forwarded = Forwarded {
-        client_ip: conn.client.ip(),
+        client: &conn.client_header,
         peer_trusted: contains(&shared.settings.trusted_proxies, conn.peer.ip()),
-        host,
+        host: host.as_ref().unwrap_or(&no_host),
         identity,
     };
     headers::set_forwarded(headers, &forwarded);
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(header::HOST, v);
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
     }
 
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    // The path was parsed by hyper, so it is a valid origin-form; the authority is the
-    // route's validated upstream.
-    if let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(route.upstream.clone())
-        .path_and_query(path)
-        .build()
-    {
-        *req.uri_mut() = uri;
-    }
+    // Origin-form: the upstream sees the path the client asked for, parsed by hyper.
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
     // The upstream leg is HTTP/1.1 whatever the client spoke.
     *req.version_mut() = Version::HTTP_11;
 }

@@ -1,37 +1,44 @@
 //! Header hygiene between the client and the upstream.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-/// Headers only the gate may set: a client sending them is trying to impersonate an
-/// identity or a client address.
-const GATE_ONLY: [&str; 7] = [
-    "x-portcullis-identity",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "forwarded",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 pub const IDENTITY: HeaderName = HeaderName::from_static("x-portcullis-identity");
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers only the gate may set: a client sending them is trying to impersonate an
+/// identity or a client address.
+const GATE_ONLY: [HeaderName; 7] = [
+    IDENTITY,
+    XFF,
+    XF_PROTO,
+    XF_HOST,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
+];
+
+/// Removes every header whose name `doomed` picks, looking at each name once: most
+/// requests carry none, and then nothing is hashed or allocated.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
 
 /// Removes hop-by-hop headers, and those named by `Connection`. For an upgrade the
 /// `Connection: upgrade` / `Upgrade` pair is what the upstream must see, so it is kept.
@@ -44,25 +51,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .filter(|name| !(keep_upgrade && name == header::UPGRADE))
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| {
+        HOP_BY_HOP.contains(name)
+            || named.contains(name)
+            || (!keep_upgrade && name == header::UPGRADE)
+    });
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
 /// What the gate tells the upstream about the request.
 pub struct Forwarded<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address as header text (formatted once per connection).
+    pub client: &'a HeaderValue,
     /// The TCP peer is a configured trusted proxy: keep the chain it sent.
     pub peer_trusted: bool,
-    pub host: &'a str,
+    /// The routed host as header text.
+    pub host: &'a HeaderValue,
     pub identity: Option<&'a str>,
 }
 
@@ -79,22 +85,20 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
             sent.join(", ")
         })
         .filter(|chain| !chain.is_empty());
-    for name in GATE_ONLY {
-        headers.remove(name);
-    }
-    let client = fwd.client_ip.to_string();
+    remove_where(headers, |name| GATE_ONLY.contains(name));
     let xff = match chain {
-        Some(chain) => format!("{chain}, {client}"),
-        None => client,
+        // The chain passed `to_str` and the client is an address: valid header text.
+        Some(chain) => HeaderValue::from_bytes(
+            format!("{chain}, {}", fwd.client.to_str().unwrap_or_default()).as_bytes(),
+        )
+        .ok(),
+        None => Some(fwd.client.clone()),
     };
-    // Both values come from parsed addresses / validated hosts: always valid header text.
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(XFF, v);
+    if let Some(xff) = xff {
+        headers.insert(XFF, xff);
     }
     headers.insert(XF_PROTO, HeaderValue::from_static("https"));
-    if let Ok(v) = HeaderValue::from_str(fwd.host) {
-        headers.insert(XF_HOST, v);
-    }
+    headers.insert(XF_HOST, fwd.host.clone());
     if let Some(identity) = fwd.identity.and_then(|i| HeaderValue::from_str(i).ok()) {
         headers.insert(IDENTITY, identity);
     }
@@ -146,9 +150,9 @@ mod tests {
             ("forwarded", "for=1.2.3.4"),
         ]);
         let fwd = Forwarded {
-            client_ip: "203.0.113.5".parse().unwrap(),
+            client: &HeaderValue::from_static("203.0.113.5"),
             peer_trusted: false,
-            host: "ha.example",
+            host: &HeaderValue::from_static("ha.example"),
             identity: None,
         };
         set_forwarded(&mut h, &fwd);
@@ -156,6 +160,7 @@ mod tests {
         assert!(h.get("x-portcullis-identity").is_none());
         assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "ha.example");
     }
 
     #[test]
@@ -165,9 +170,9 @@ mod tests {
             ("x-forwarded-for", "10.0.0.2"),
         ]);
         let fwd = Forwarded {
-            client_ip: "10.0.0.3".parse().unwrap(),
+            client: &HeaderValue::from_static("10.0.0.3"),
             peer_trusted: true,
-            host: "ha.example",
+            host: &HeaderValue::from_static("ha.example"),
             identity: Some("alice"),
         };
         set_forwarded(&mut h, &fwd);
@@ -185,6 +190,14 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h, false);
         assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[
+            ("Keep-Alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["accept"]);
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  accept ─▶ [PROXY header, trusted peers only] ─▶ TLS (newest snapshot's config)
-//!         ─▶ hyper h1/h2 ─▶ forward::handle: admission::admit ─▶ upstream (pooled)
+//!         ─▶ hyper h1/h2 ─▶ forward::handle: admission::admit ─▶ upstream (per-worker pool)
 //!                                   └─ 101 ─▶ tunnel (closed when its identity goes)
 //! ```
 //! Every connection reads the snapshot current at its start for TLS and the newest one
@@ -14,14 +14,12 @@ mod forward;
 mod headers;
 mod proxy_protocol;
 mod revocation;
+mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -70,6 +68,9 @@ pub struct Settings {
     /// Peers that must open with a PROXY protocol header (v1 or v2).
     pub proxy_protocol_from: Vec<IpNet>,
     pub limits: Limits,
+    /// Threads serving client connections, each running its own single-threaded event
+    /// loop (like nginx workers); 0 means one per available CPU.
+    pub workers: usize,
 }
 
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
@@ -86,28 +87,22 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
-type UpstreamClient = Client<HttpConnector, hyper::body::Incoming>;
 
 /// What every connection shares.
 struct Shared {
     snapshots: SnapshotRx,
     settings: Settings,
     metrics: Arc<Metrics>,
-    upstream: UpstreamClient,
+    upstream: Arc<upstream::Pool>,
     shutdown: CancellationToken,
 }
 
-fn upstream_client(limits: &Limits) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
-        .build(connector)
-}
-
 /// Accepts client connections on `listener` until `shutdown`.
+///
+/// Connections are served by `settings.workers` threads, each with its own
+/// current-thread runtime and upstream pool, all accepting from the one listener. A
+/// connection, its upstream requests and its tunnels then stay on one thread: no
+/// work-stealing and no cross-thread wake-ups per request.
 pub async fn serve(
     listener: TcpListener,
     snapshots: SnapshotRx,
@@ -115,18 +110,84 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let workers = match settings.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot hand the listener to the proxy workers");
+            return;
+        }
+    };
+    // Workers stop with `shutdown`, and also if this future is dropped.
+    let stop = shutdown.child_token();
+    let _stop_on_drop = stop.clone().drop_guard();
     let slots = Arc::new(Semaphore::new(settings.limits.max_connections));
-    let shared = Arc::new(Shared {
-        upstream: upstream_client(&settings.limits),
-        snapshots,
-        settings,
-        metrics,
-        shutdown: shutdown.clone(),
+    let mut stopped = Vec::with_capacity(workers);
+    for n in 0..workers {
+        let shared = Arc::new(Shared {
+            upstream: upstream::Pool::new(settings.limits.upstream_connect_timeout),
+            snapshots: snapshots.clone(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            shutdown: stop.clone(),
+        });
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let started = listener.try_clone().and_then(|listener| {
+            let slots = slots.clone();
+            std::thread::Builder::new()
+                .name(format!("proxy-worker-{n}"))
+                .spawn(move || {
+                    worker(listener, shared, slots);
+                    drop(done);
+                })
+        });
+        match started {
+            Ok(_) => stopped.push(finished),
+            Err(e) => tracing::error!(worker = n, error = %e, "cannot start a proxy worker"),
+        }
+    }
+    for finished in stopped {
+        let _ = finished.await;
+    }
+}
+
+/// One worker thread: its own event loop accepting and serving until shutdown. Dropping
+/// the runtime at the end drops the connections it still holds.
+fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, slots: Arc<Semaphore>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a proxy worker's event loop");
+            return;
+        }
+    };
+    runtime.block_on(async {
+        let pool = shared.upstream.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(upstream::IDLE_TIMEOUT / 4);
+            loop {
+                every.tick().await;
+                pool.close_idle();
+            }
+        });
+        match TcpListener::from_std(listener) {
+            Ok(listener) => accept(listener, shared, slots).await,
+            Err(e) => tracing::error!(error = %e, "cannot register the listener"),
+        }
     });
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>, slots: Arc<Semaphore>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => return,
+            () = shared.shutdown.cancelled() => return,
         };
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,

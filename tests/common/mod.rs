@@ -438,6 +438,7 @@ pub fn stream_byte(i: usize) -> u8 {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Echo>>>,
+    connections: Arc<AtomicUsize>,
     open_websockets: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 }
@@ -450,6 +451,8 @@ impl Upstream {
         let addr = listener.local_addr().expect("upstream addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let open_websockets = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted_count = connections.clone();
         let shutdown = CancellationToken::new();
         let state = UpstreamState {
             seen: seen.clone(),
@@ -465,6 +468,7 @@ impl Upstream {
                     },
                     () = stop.cancelled() => return,
                 };
+                accepted_count.fetch_add(1, Ordering::SeqCst);
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| upstream_handle(req, state.clone()));
@@ -478,6 +482,7 @@ impl Upstream {
         Upstream {
             addr,
             seen,
+            connections,
             open_websockets,
             shutdown,
         }
@@ -500,6 +505,11 @@ impl Upstream {
             .unwrap()
             .iter()
             .any(|e| e.path.contains(fragment))
+    }
+
+    /// TCP connections the gate has opened to this upstream so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// WebSockets currently open on the upstream side.
@@ -659,6 +669,10 @@ pub fn full(bytes: impl Into<Bytes>) -> ReqBody {
 /// `GET path` with no body (Host is added by the client unless set).
 pub fn get(path: &str) -> Request<ReqBody> {
     Request::get(path).body(empty()).expect("request")
+}
+
+pub fn head(path: &str) -> Request<ReqBody> {
+    Request::head(path).body(empty()).expect("request")
 }
 
 pub fn post(path: &str, body: impl Into<Bytes>) -> Request<ReqBody> {

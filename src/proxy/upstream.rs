@@ -1,0 +1,217 @@
+//! HTTP/1.1 connections to upstreams, kept open between requests.
+//!
+//! Each proxy worker has its own [`Pool`], so a request, its upstream connection and the
+//! task driving that connection share one thread. An idle connection goes back to the
+//! pool once its response body has been read to the end; a connection whose response was
+//! cut short, or that was upgraded to a tunnel, is never reused.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per upstream.
+const MAX_IDLE_PER_UPSTREAM: usize = 64;
+/// An idle connection unused this long is closed (Home Assistant's own keep-alive
+/// timeout is 75 s, so ours ends first and a request never meets a connection the
+/// upstream is closing).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request could not be handed to the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(Authority),
+    #[error("connecting to {0}: {1}")]
+    Connect(Authority, std::io::Error),
+    #[error("HTTP to {0}: {1}")]
+    Http(Authority, hyper::Error),
+}
+
+/// Idle upstream connections by `host:port`.
+#[derive(Debug)]
+pub struct Pool {
+    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    connect_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+        })
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `upstream` on an idle connection or a
+    /// new one. The response body returns the connection to the pool when read to the end.
+    pub async fn send(
+        self: &Arc<Self>,
+        upstream: &Authority,
+        req: Request<Incoming>,
+    ) -> Result<Response<Pooled>, UpstreamError> {
+        let http = |e| UpstreamError::Http(upstream.clone(), e);
+        let (resp, sender) = match self.take(upstream).await {
+            Some(mut sender) => match sender.try_send_request(req).await {
+                Ok(resp) => (resp, sender),
+                // The upstream closed this idle connection before the request went out
+                // (its keep-alive timer won the race): a new connection gets it.
+                Err(mut e) => match e.take_message() {
+                    Some(req) => {
+                        let mut sender = self.connect(upstream).await?;
+                        (sender.send_request(req).await.map_err(http)?, sender)
+                    }
+                    None => return Err(http(e.into_error())),
+                },
+            },
+            None => {
+                let mut sender = self.connect(upstream).await?;
+                (sender.send_request(req).await.map_err(http)?, sender)
+            }
+        };
+        // After a 101 the connection belongs to the tunnel.
+        let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        let back = reusable.then(|| (self.clone(), upstream.clone(), sender));
+        Ok(resp.map(|body| Pooled::new(body, back)))
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn take(&self, upstream: &Authority) -> Option<SendRequest<Incoming>> {
+        loop {
+            let mut idle = {
+                let mut pool = self.lock();
+                let list = pool.get_mut(upstream)?;
+                let idle = list.pop()?;
+                if list.is_empty() {
+                    pool.remove(upstream);
+                }
+                idle
+            };
+            if idle.since.elapsed() >= IDLE_TIMEOUT || idle.sender.is_closed() {
+                continue;
+            }
+            // A connection returns to the pool when its response has been read; hyper
+            // may not yet have marked it idle, which `ready` waits for (no I/O).
+            if idle.sender.ready().await.is_ok() {
+                return Some(idle.sender);
+            }
+        }
+    }
+
+    async fn connect(&self, upstream: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
+        // IPv6 literals come bracketed in an authority.
+        let host = upstream
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let addr = (host, upstream.port_u16().unwrap_or(80));
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(upstream.clone()))?
+            .map_err(|e| UpstreamError::Connect(upstream.clone(), e))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| UpstreamError::Http(upstream.clone(), e))?;
+        // Runs until the connection closes: when the upstream ends it, when a response is
+        // cut short, or when its sender is dropped (idle timeout, pool full, tunnel done).
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn put(&self, upstream: Authority, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut pool = self.lock();
+        let list = pool.entry(upstream).or_default();
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than [`IDLE_TIMEOUT`].
+    pub fn close_idle(&self) {
+        self.lock().retain(|_, list| {
+            list.retain(|idle| idle.since.elapsed() < IDLE_TIMEOUT && !idle.sender.is_closed());
+            !list.is_empty()
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A response body from the upstream that returns its connection to the pool once read
+/// to the end. Dropped early, it takes the connection with it (hyper closes it).
+pub struct Pooled {
+    body: Incoming,
+    back: Option<(Arc<Pool>, Authority, SendRequest<Incoming>)>,
+}
+
+impl Pooled {
+    fn new(body: Incoming, back: Option<(Arc<Pool>, Authority, SendRequest<Incoming>)>) -> Self {
+        let mut pooled = Self { body, back };
+        // No body at all (204, 304, HEAD, Content-Length: 0): nobody may poll it.
+        if pooled.body.is_end_stream() {
+            pooled.release();
+        }
+        pooled
+    }
+
+    fn release(&mut self) {
+        if let Some((pool, upstream, sender)) = self.back.take() {
+            pool.put(upstream, sender);
+        }
+    }
+}
+
+impl Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
