@@ -244,24 +244,33 @@ fn prepare(
 
 /// Lowercase host without port: the URI authority (HTTP/2, absolute-form) or `Host`.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(authority) => authority.host().to_owned(),
-        None => {
-            let value = req.headers().get(header::HOST)?.to_str().ok()?;
-            value
-                .parse::<http::uri::Authority>()
-                .ok()?
-                .host()
-                .to_owned()
-        }
+    let host = match req.uri().authority() {
+        Some(authority) => authority.host(),
+        None => host_of(req.headers().get(header::HOST)?.to_str().ok()?)?,
     };
-    let host = raw.trim_end_matches('.').to_ascii_lowercase();
-    // IPv6 literals come bracketed; routes list them bare.
+    // IPv6 literals come bracketed; routes list them bare. A trailing dot names the same
+    // host. Anything else odd simply matches no route.
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
-        .to_owned();
-    (!host.is_empty()).then_some(host)
+        .trim_end_matches('.');
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// The host of a `Host` value, `name[:port]` or `[v6]:port`; `None` when the port is not
+/// a number or an unbracketed name holds a colon.
+fn host_of(value: &str) -> Option<&str> {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']')?;
+            match rest {
+                "" => (host, ""),
+                rest => (host, rest.strip_prefix(':')?),
+            }
+        }
+        None => value.split_once(':').unwrap_or((value, "")),
+    };
+    port.bytes().all(|b| b.is_ascii_digit()).then_some(host)
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -355,5 +364,40 @@ fn denied<B>(req: &Request<B>, reason: DenyReason) -> Response<Body> {
             "text/html; charset=utf-8",
             DENIED_PAGE,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(value: &str) -> Option<String> {
+        let req = Request::get("/")
+            .header(header::HOST, value)
+            .body(())
+            .ok()?;
+        request_host(&req)
+    }
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(host("HA.Example.com").as_deref(), Some("ha.example.com"));
+        assert_eq!(
+            host("ha.example.com:443").as_deref(),
+            Some("ha.example.com")
+        );
+        assert_eq!(host("ha.example.com.").as_deref(), Some("ha.example.com"));
+        assert_eq!(host("[::1]:8443").as_deref(), Some("::1"));
+        assert_eq!(host("[::1]").as_deref(), Some("::1"));
+        assert_eq!(host("ha.example.com:").as_deref(), Some("ha.example.com"));
+        for bad in ["ha.example.com:x", "a:b:c", "[::1", "[::1]x", ":443", ""] {
+            assert_eq!(host(bad), None, "{bad:?}");
+        }
+        // The URI authority (HTTP/2 :authority, absolute-form) wins over Host.
+        let req = Request::get("https://Ha.Example.com:443/x")
+            .header(header::HOST, "other.example.com")
+            .body(())
+            .expect("request");
+        assert_eq!(request_host(&req).as_deref(), Some("ha.example.com"));
     }
 }

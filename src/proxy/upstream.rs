@@ -5,7 +5,6 @@
 //! pool once its response body has been read to the end; a connection whose response was
 //! cut short, or that was upgraded to a tunnel, is never reused.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -40,7 +39,9 @@ pub enum UpstreamError {
 /// Idle upstream connections by `host:port`.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    /// A list, not a map: there is one upstream per route, a handful in all, and hashing
+    /// an `Authority` (byte by byte, case-folded) costs more than comparing a few.
+    idle: Mutex<Vec<(Authority, Vec<Idle>)>>,
     connect_timeout: Duration,
 }
 
@@ -53,7 +54,7 @@ struct Idle {
 impl Pool {
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Vec::new()),
             connect_timeout,
         })
     }
@@ -95,12 +96,8 @@ impl Pool {
         loop {
             let mut idle = {
                 let mut pool = self.lock();
-                let list = pool.get_mut(upstream)?;
-                let idle = list.pop()?;
-                if list.is_empty() {
-                    pool.remove(upstream);
-                }
-                idle
+                let (_, list) = pool.iter_mut().find(|(a, _)| a == upstream)?;
+                list.pop()?
             };
             if idle.since.elapsed() >= IDLE_TIMEOUT || idle.sender.is_closed() {
                 continue;
@@ -143,7 +140,13 @@ impl Pool {
             return;
         }
         let mut pool = self.lock();
-        let list = pool.entry(upstream).or_default();
+        let list = match pool.iter().position(|(a, _)| *a == upstream) {
+            Some(i) => &mut pool[i].1,
+            None => {
+                pool.push((upstream, Vec::new()));
+                &mut pool.last_mut().expect("just pushed").1
+            }
+        };
         if list.len() < MAX_IDLE_PER_UPSTREAM {
             list.push(Idle {
                 sender,
@@ -154,13 +157,13 @@ impl Pool {
 
     /// Closes connections idle for longer than [`IDLE_TIMEOUT`].
     pub fn close_idle(&self) {
-        self.lock().retain(|_, list| {
+        self.lock().retain_mut(|(_, list)| {
             list.retain(|idle| idle.since.elapsed() < IDLE_TIMEOUT && !idle.sender.is_closed());
             !list.is_empty()
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
