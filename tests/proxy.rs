@@ -1278,6 +1278,74 @@ async fn silent_client_after_the_handshake_is_cut() -> R {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connection_is_cut_after_its_last_request() -> R {
+    let e = env_with(|_, _| {}, timeouts()).await;
+    let mut conn = e.gate.client().cert(&e.alice).h2().open().await?;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(conn.send(get("/")).await?.status, StatusCode::OK);
+    }
+    // Requests kept it open past the one-second timeout; now it idles.
+    let quiet = Instant::now();
+    assert!(
+        conn.closed_within(Duration::from_secs(4)).await,
+        "an idle HTTP/2 connection holds its slot forever"
+    );
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(900),
+        "cut too early"
+    );
+    e.gate
+        .eventually("the slot is free again", |g| g.open_connections() == 0)
+        .await;
+    Ok(())
+}
+
+fn body_timeouts() -> Settings {
+    settings_with(|l| l.body_idle_timeout = Duration::from_millis(500))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_is_cut_with_a_408() -> R {
+    let e = env_with(|_, _| {}, body_timeouts()).await;
+    let head = format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n");
+    let started = Instant::now();
+    let raw = e
+        .gate
+        .client()
+        .cert(&e.alice)
+        .raw(
+            format!("{head}only ten b").as_bytes(),
+            Duration::from_secs(4),
+        )
+        .await?;
+    assert_eq!(raw.status(), Some(408), "{}", raw.text());
+    assert!(raw.closed, "the connection of a stalled body must close");
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "cut too early"
+    );
+
+    // A slow body that keeps coming is not stalled: 10 bytes every 200 ms for 2 s.
+    let tls = e.gate.client().cert(&e.alice).connect().await?;
+    let (mut read, mut write) = tokio::io::split(tls);
+    write.write_all(head.as_bytes()).await?;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        write.write_all(b"0123456789").await?;
+    }
+    let raw = raw_exchange(
+        tokio::io::join(&mut read, &mut write),
+        b"",
+        Duration::from_secs(2),
+    )
+    .await?;
+    assert_eq!(raw.status(), Some(200), "{}", raw.text());
+    assert!(raw.text().contains("\"body_len\":100"), "{}", raw.text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_refused_without_a_5xx() -> R {
     let e = env().await;
     let big = "a".repeat(100 * 1024);
@@ -1749,10 +1817,16 @@ async fn websockets_and_event_streams_outlive_the_header_timeout() -> R {
         .expect("cookie ws");
     let mut conn = e.gate.client().cert(&e.alice).open().await?;
     let mut events = conn.send_streaming(get("/events")).await?.into_body();
-    // Idle for longer than the header timeout, while the event stream flows.
+    let mut h2 = e.gate.client().cert(&e.alice).h2().open().await?;
+    let mut h2_events = h2.send_streaming(get("/events")).await?.into_body();
+    // Idle for longer than the header timeout, while the event streams flow.
     assert!(
         !body_ends_within(&mut events, Duration::from_millis(1600)).await,
         "an event stream was cut while data flowed"
+    );
+    assert!(
+        !body_ends_within(&mut h2_events, Duration::from_millis(100)).await,
+        "an HTTP/2 event stream was cut while data flowed"
     );
     ws_roundtrip(&mut ws, "after an idle second and a half").await;
     ws_roundtrip(&mut cookie_ws, "cookie socket too").await;

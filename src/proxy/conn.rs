@@ -1,11 +1,13 @@
 //! One client connection: PROXY header, TLS handshake, HTTP serving, revocation.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use http::HeaderValue;
+use http_body_util::BodyExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
+use super::idle::{Activity, Tracked};
 use super::revocation::{self, Credential};
 use super::{Shared, contains, proxy_protocol, reason};
 use crate::admission::CookieMint;
@@ -152,23 +155,28 @@ pub async fn handle(
     let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
 
     // hyper bounds an HTTP/1 request head (and idle keep-alive) itself; HTTP/2 has no such
-    // timer, so a client that completes TLS and never sends a request would hold its slot
-    // forever. Bound the wait for the first request the same way.
-    let requested = Arc::new(tokio::sync::Notify::new());
+    // timer, so a client that completes TLS and then sends nothing, or stops after a few
+    // requests, would hold its slot forever. Close an HTTP/2 connection once nothing has
+    // been in flight for the same header-read timeout.
+    let activity = h2.then(Activity::new);
     let service = {
-        let (shared, info, requested) = (shared.clone(), info.clone(), requested.clone());
+        let (shared, info, activity) = (shared.clone(), info.clone(), activity.clone());
         service_fn(move |req| {
-            requested.notify_one();
-            super::forward::handle(req, shared.clone(), info.clone())
+            let in_flight = activity.as_ref().map(Activity::begin);
+            let response = super::forward::handle(req, shared.clone(), info.clone());
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(match in_flight {
+                    Some(in_flight) => response.map(|body| Tracked::new(body, in_flight).boxed()),
+                    None => response,
+                })
+            }
         })
     };
-    let first_request_late = async {
-        if !h2
-            || timeout(limits.header_read_timeout, requested.notified())
-                .await
-                .is_ok()
-        {
-            std::future::pending::<()>().await;
+    let idle = async {
+        match &activity {
+            Some(activity) => activity.idle_for(limits.header_read_timeout).await,
+            None => std::future::pending().await,
         }
     };
     let io = TokioIo::new(tls);
@@ -200,8 +208,8 @@ pub async fn handle(
         () = revoked => {
             tracing::info!(%client, "closing connection: its client certificate is no longer live");
         }
-        () = first_request_late => {
-            tracing::debug!(%client, "closing HTTP/2 connection: no request within the header timeout");
+        () = idle => {
+            tracing::debug!(%client, "closing HTTP/2 connection: idle for the header-read timeout");
         }
         () = shared.shutdown.cancelled() => {}
     }

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use super::conn::{ConnInfo, Open};
 use super::headers::{self, Forwarded};
+use super::idle::{self, RequestBody};
 use super::revocation::{self, Credential};
 use super::{Body, Shared, contains};
 use crate::admission::{self, Decision, DenyReason};
@@ -111,9 +112,21 @@ pub async fn handle(
     let upgrade = is_upgrade(&req);
     prepare(&mut req, &conn, &shared, &host, identity, cookie_name);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let body_timeout = shared.settings.limits.body_idle_timeout;
+    let req = req.map(|body| RequestBody::new(body, body_timeout));
 
     let mut resp = match shared.upstream.send(&route.upstream, req).await {
         Ok(resp) => resp,
+        Err(e) if idle::is_body_stall(&e) => {
+            tracing::info!(route = %route.name, client = %conn.client.ip(), "request body stalled");
+            let mut resp = plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving\n",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        }
         Err(e) => {
             tracing::warn!(route = %route.name, upstream = %route.upstream, error = %e, "upstream unreachable");
             return Ok(plain(

@@ -12,6 +12,7 @@ mod admin;
 mod conn;
 mod forward;
 mod headers;
+mod idle;
 mod proxy_protocol;
 mod revocation;
 mod upstream;
@@ -37,8 +38,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// PROXY header + TLS handshake must finish within this.
     pub handshake_timeout: Duration,
-    /// A request's headers must arrive within this (also bounds idle keep-alive).
+    /// A request's headers must arrive within this; also how long a connection may sit
+    /// with no request in flight (HTTP/1 keep-alive, HTTP/2).
     pub header_read_timeout: Duration,
+    /// A request body that sends no data for this long is cut off (408).
+    pub body_idle_timeout: Duration,
     /// Largest request head (HTTP/1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
@@ -53,6 +57,7 @@ impl Default for Limits {
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
             max_h2_streams: 256,
             upstream_connect_timeout: Duration::from_secs(5),

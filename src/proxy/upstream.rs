@@ -14,6 +14,8 @@ use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::idle::RequestBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -33,7 +35,7 @@ pub enum UpstreamError {
     #[error("connecting to {0}: {1}")]
     Connect(Authority, std::io::Error),
     #[error("HTTP to {0}: {1}")]
-    Http(Authority, hyper::Error),
+    Http(Authority, #[source] hyper::Error),
 }
 
 /// Idle upstream connections by `host:port`.
@@ -47,7 +49,7 @@ pub struct Pool {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -64,7 +66,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Authority,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Pooled>, UpstreamError> {
         let http = |e| UpstreamError::Http(upstream.clone(), e);
         let (resp, sender) = match self.take(upstream).await {
@@ -92,7 +94,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and ready.
-    async fn take(&self, upstream: &Authority) -> Option<SendRequest<Incoming>> {
+    async fn take(&self, upstream: &Authority) -> Option<SendRequest<RequestBody>> {
         loop {
             let mut idle = {
                 let mut pool = self.lock();
@@ -110,7 +112,10 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, upstream: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(
+        &self,
+        upstream: &Authority,
+    ) -> Result<SendRequest<RequestBody>, UpstreamError> {
         // IPv6 literals come bracketed in an authority.
         let host = upstream
             .host()
@@ -135,7 +140,7 @@ impl Pool {
         Ok(sender)
     }
 
-    fn put(&self, upstream: Authority, sender: SendRequest<Incoming>) {
+    fn put(&self, upstream: Authority, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -172,11 +177,11 @@ impl Pool {
 /// to the end. Dropped early, it takes the connection with it (hyper closes it).
 pub struct Pooled {
     body: Incoming,
-    back: Option<(Arc<Pool>, Authority, SendRequest<Incoming>)>,
+    back: Option<(Arc<Pool>, Authority, SendRequest<RequestBody>)>,
 }
 
 impl Pooled {
-    fn new(body: Incoming, back: Option<(Arc<Pool>, Authority, SendRequest<Incoming>)>) -> Self {
+    fn new(body: Incoming, back: Option<(Arc<Pool>, Authority, SendRequest<RequestBody>)>) -> Self {
         let mut pooled = Self { body, back };
         // No body at all (204, 304, HEAD, Content-Length: 0): nobody may poll it.
         if pooled.body.is_end_stream() {

@@ -313,6 +313,11 @@ impl Gate {
             .get()
     }
 
+    /// `portcullis_open_connections`.
+    pub fn open_connections(&self) -> i64 {
+        self.metrics.open_connections.get()
+    }
+
     /// `portcullis_requests_total{route, admission, reason}`.
     pub fn requests(&self, route: &str, admission: &'static str, reason: &'static str) -> u64 {
         let labels = RequestLabels {
