@@ -12,6 +12,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use portcullis::sources::{self, ExportFormat};
 use portcullis::state::StateDir;
+
+/// mimalloc rather than the C library's allocator: faster on the request path, and it
+/// hands memory freed after a burst of connections back to the system instead of keeping
+/// it per thread; musl's allocator (the static image) is much slower still.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use portcullis::telemetry::{Metrics, init_logging};
 use portcullis::{operator, proxy, resources};
 use prometheus_client::registry::Registry;
