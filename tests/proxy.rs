@@ -943,6 +943,72 @@ async fn revoking_an_identity_closes_its_open_connections_only() -> R {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_stops_admitting_an_identity_closes_its_connections() -> R {
+    // The route admits role=family; alice and bob both are, until alice's label changes.
+    let family = |spec: &mut GateSpec| {
+        spec.routes[0].selector = Some(kube::core::Selector::from_iter([("role", "family")]));
+        for c in &mut spec.live {
+            c.labels.insert("role".into(), "family".into());
+        }
+    };
+    let e = env_with(|spec, _| family(spec), Settings::default()).await;
+    let cookie = earn_cookie(&e, &e.alice).await;
+    let (mut alice_ws, _) = e
+        .gate
+        .client()
+        .cert(&e.alice)
+        .websocket("/api/websocket", None)
+        .await
+        .expect("ws");
+    let (mut alice_cookie_ws, _) = e
+        .gate
+        .client()
+        .websocket("/api/websocket", Some(&cookie))
+        .await
+        .expect("cookie ws");
+    let (mut bob_ws, _) = e
+        .gate
+        .client()
+        .cert(&e.bob)
+        .websocket("/api/websocket", None)
+        .await
+        .expect("bob ws");
+    let mut alice_events = e
+        .gate
+        .client()
+        .cert(&e.alice)
+        .open()
+        .await?
+        .send_streaming(get("/events"))
+        .await?
+        .into_body();
+
+    e.gate.publish(|spec| {
+        for c in &mut spec.live {
+            if c.identity == "alice" {
+                c.labels.insert("role".into(), "guest".into());
+            }
+        }
+    });
+    assert_eq!(
+        ws_next(&mut alice_ws, TEARDOWN).await,
+        Ok(None),
+        "certificate WebSocket stays"
+    );
+    assert_eq!(
+        ws_next(&mut alice_cookie_ws, TEARDOWN).await,
+        Ok(None),
+        "cookie WebSocket stays"
+    );
+    assert!(
+        body_ends_within(&mut alice_events, TEARDOWN).await,
+        "alice's event stream stays"
+    );
+    ws_roundtrip(&mut bob_ws, "bob is still admitted").await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrelated_reloads_keep_websockets_open() -> R {
     let e = env().await;
     let (mut ws, _) = e

@@ -17,7 +17,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use super::idle::{Activity, Tracked};
-use super::revocation::{self, Credential};
+use super::revocation::{self, Admitted, Credential};
 use super::{Shared, contains, proxy_protocol, reason};
 use crate::admission::CookieMint;
 use crate::snapshot::{Fingerprint, fingerprint};
@@ -198,7 +198,12 @@ pub async fn handle(
         Box::pin(http.serve_connection(io, service).with_upgrades())
     };
 
-    let revoked = revocation::gone(snapshots, client_cert.map(Credential::Certificate));
+    // Every request on this connection is for the SNI's route (forward.rs refuses others).
+    let admitted = client_cert.map(|fp| Admitted {
+        credential: Credential::Certificate(fp),
+        host: info.sni.clone(),
+    });
+    let revoked = revocation::gone(snapshots, admitted);
     tokio::select! {
         result = serving => {
             if let Err(e) = result {
@@ -206,7 +211,7 @@ pub async fn handle(
             }
         }
         () = revoked => {
-            tracing::info!(%client, "closing connection: its client certificate is no longer live");
+            tracing::info!(%client, "closing connection: its client certificate is no longer admitted");
         }
         () = idle => {
             tracing::debug!(%client, "closing HTTP/2 connection: idle for the header-read timeout");

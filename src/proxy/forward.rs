@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use super::conn::{ConnInfo, Open};
 use super::headers::{self, Forwarded};
 use super::idle::{self, RequestBody};
-use super::revocation::{self, Credential};
+use super::revocation::{self, Admitted, Credential};
 use super::{Body, Shared, contains};
 use crate::admission::{self, Decision, DenyReason};
 use crate::snapshot::Route;
@@ -138,18 +138,16 @@ pub async fn handle(
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
-            let credential = match &decision {
-                Decision::Certificate { cert, .. } | Decision::Cookie { cert } => {
-                    Some(Credential::Serial(cert.serial_hex.clone()))
-                }
-                _ => None,
-            };
+            let admitted = decision.identity().map(|cert| Admitted {
+                credential: Credential::Serial(cert.serial_hex.clone()),
+                host: Some(host.clone()),
+            });
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(
                 shared.clone(),
                 client_upgrade,
                 upstream_upgrade,
-                credential,
+                admitted,
                 conn.open.clone(),
             ));
         }
@@ -164,14 +162,17 @@ pub async fn handle(
     // A certificate connection is closed as a whole when its certificate goes (conn.rs);
     // a response admitted by cookie (an event stream, a camera feed) must end on its own.
     if let Decision::Cookie { cert } = &decision {
-        let credential = Some(Credential::Serial(cert.serial_hex.clone()));
-        let gone = revocation::gone(shared.snapshots.clone(), credential);
+        let admitted = Admitted {
+            credential: Credential::Serial(cert.serial_hex.clone()),
+            host: Some(host),
+        };
+        let gone = revocation::gone(shared.snapshots.clone(), Some(admitted));
         return Ok(resp.map(|body| UntilGone::new(body.boxed(), gone).boxed()));
     }
     Ok(resp.map(|b| b.boxed()))
 }
 
-/// A response body cut short once the identity that was admitted is revoked.
+/// A response body cut short once the identity that was admitted no longer is.
 struct UntilGone {
     body: Body,
     /// Fires (or errs, if the watch task is gone) when the identity is no longer live.
@@ -301,12 +302,12 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Shuttles bytes between the upgraded client and upstream until either side closes or
-/// the identity that opened it is revoked.
+/// the identity that opened it is no longer admitted.
 async fn tunnel(
     shared: Arc<Shared>,
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    credential: Option<Credential>,
+    admitted: Option<Admitted>,
     // The client connection's slot and gauge entry: a tunnel is still an open connection.
     _open: Arc<Open>,
 ) {
@@ -318,8 +319,8 @@ async fn tunnel(
     gauge.inc();
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-        () = revocation::gone(shared.snapshots.clone(), credential) => {
-            tracing::info!("closing upgraded connection: its identity is no longer live");
+        () = revocation::gone(shared.snapshots.clone(), admitted) => {
+            tracing::info!("closing upgraded connection: its identity is no longer admitted");
         }
         () = shared.shutdown.cancelled() => {}
     }

@@ -1,4 +1,5 @@
-//! Closing what a revoked or deleted identity still holds open.
+//! Closing what a revoked or deleted identity, or one its route stopped admitting, still
+//! holds open.
 
 use crate::snapshot::{Fingerprint, Snapshot, SnapshotRx};
 
@@ -10,20 +11,38 @@ pub enum Credential {
     Serial(String),
 }
 
-impl Credential {
-    fn is_live(&self, snapshot: &Snapshot) -> bool {
-        match self {
-            Credential::Certificate(fp) => snapshot.live_by_fingerprint(fp).is_some(),
-            Credential::Serial(serial) => snapshot.live_by_serial(serial).is_some(),
+/// A credential and the host it was admitted on.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub credential: Credential,
+    /// `None` when the host is not known (a TLS connection without SNI): then only the
+    /// identity itself has to stay live.
+    pub host: Option<String>,
+}
+
+impl Admitted {
+    /// Whether `snapshot` would still admit this credential on this host.
+    fn holds(&self, snapshot: &Snapshot) -> bool {
+        let cert = match &self.credential {
+            Credential::Certificate(fp) => snapshot.live_by_fingerprint(fp),
+            Credential::Serial(serial) => snapshot.live_by_serial(serial),
+        };
+        let Some(cert) = cert else {
+            return false;
+        };
+        match &self.host {
+            Some(host) => snapshot.route(host).is_some_and(|route| route.admits(cert)),
+            None => true,
         }
     }
 }
 
-/// Completes once a published snapshot no longer holds `credential`; never completes for
-/// anonymous (bypass) connections. Only this credential's holders are woken to close, so
-/// a revoke never disturbs anyone else.
-pub async fn gone(mut snapshots: SnapshotRx, credential: Option<Credential>) {
-    let Some(credential) = credential else {
+/// Completes once a published snapshot no longer admits `admitted`: the identity was
+/// revoked or deleted, or the route for its host is gone or no longer selects it. Never
+/// completes for anonymous (bypass) connections. Only this credential's holders are woken
+/// to close, so a change never disturbs anyone else.
+pub async fn gone(mut snapshots: SnapshotRx, admitted: Option<Admitted>) {
+    let Some(admitted) = admitted else {
         return std::future::pending().await;
     };
     loop {
@@ -31,11 +50,11 @@ pub async fn gone(mut snapshots: SnapshotRx, credential: Option<Credential>) {
             // The source is gone (shutdown): nothing will ever revoke again.
             return std::future::pending().await;
         }
-        let still_live = match &*snapshots.borrow_and_update() {
-            Some(snapshot) => credential.is_live(snapshot),
+        let still_admitted = match &*snapshots.borrow_and_update() {
+            Some(snapshot) => admitted.holds(snapshot),
             None => true,
         };
-        if !still_live {
+        if !still_admitted {
             return;
         }
     }
