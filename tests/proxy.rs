@@ -867,30 +867,27 @@ async fn trusted_proxy_chain_is_appended() -> R {
 
 const TEARDOWN: Duration = Duration::from_secs(1);
 
+/// WebSockets opened by alice's certificate, alice's cookie and bob's certificate.
+async fn three_websockets(e: &Env) -> [Ws; 3] {
+    let cookie = earn_cookie(e, &e.alice).await;
+    let open = |client: TlsClient, cookie: Option<String>| async move {
+        let (ws, _) = client
+            .websocket("/api/websocket", cookie.as_deref())
+            .await
+            .expect("websocket");
+        ws
+    };
+    [
+        open(e.gate.client().cert(&e.alice), None).await,
+        open(e.gate.client(), Some(cookie)).await,
+        open(e.gate.client().cert(&e.bob), None).await,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_an_identity_closes_its_open_connections_only() -> R {
     let e = env().await;
-    let cookie = earn_cookie(&e, &e.alice).await;
-    let (mut alice_ws, _) = e
-        .gate
-        .client()
-        .cert(&e.alice)
-        .websocket("/api/websocket", None)
-        .await
-        .expect("ws");
-    let (mut alice_cookie_ws, _) = e
-        .gate
-        .client()
-        .websocket("/api/websocket", Some(&cookie))
-        .await
-        .expect("cookie ws");
-    let (mut bob_ws, _) = e
-        .gate
-        .client()
-        .cert(&e.bob)
-        .websocket("/api/websocket", None)
-        .await
-        .expect("bob ws");
+    let [mut alice_ws, mut alice_cookie_ws, mut bob_ws] = three_websockets(&e).await;
     let mut alice_http = e.gate.client().cert(&e.alice).open().await?;
     let mut alice_h2 = e.gate.client().cert(&e.alice).h2().open().await?;
     let mut bob_http = e.gate.client().cert(&e.bob).open().await?;
@@ -952,27 +949,7 @@ async fn a_route_that_stops_admitting_an_identity_closes_its_connections() -> R 
         }
     };
     let e = env_with(|spec, _| family(spec), Settings::default()).await;
-    let cookie = earn_cookie(&e, &e.alice).await;
-    let (mut alice_ws, _) = e
-        .gate
-        .client()
-        .cert(&e.alice)
-        .websocket("/api/websocket", None)
-        .await
-        .expect("ws");
-    let (mut alice_cookie_ws, _) = e
-        .gate
-        .client()
-        .websocket("/api/websocket", Some(&cookie))
-        .await
-        .expect("cookie ws");
-    let (mut bob_ws, _) = e
-        .gate
-        .client()
-        .cert(&e.bob)
-        .websocket("/api/websocket", None)
-        .await
-        .expect("bob ws");
+    let [mut alice_ws, mut alice_cookie_ws, mut bob_ws] = three_websockets(&e).await;
     let mut alice_events = e
         .gate
         .client()
