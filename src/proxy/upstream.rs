@@ -27,6 +27,9 @@ const MAX_IDLE_PER_UPSTREAM: usize = 64;
 /// upstream is closing).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a pooled connection may take to become ready for its next request.
+const READY_WAIT: Duration = Duration::from_millis(100);
+
 /// Why a request could not be handed to the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -104,9 +107,13 @@ impl Pool {
             if idle.since.elapsed() >= IDLE_TIMEOUT || idle.sender.is_closed() {
                 continue;
             }
-            // A connection returns to the pool when its response has been read; hyper
-            // may not yet have marked it idle, which `ready` waits for (no I/O).
-            if idle.sender.ready().await.is_ok() {
+            if idle.sender.is_ready() {
+                return Some(idle.sender);
+            }
+            // A connection returns to the pool when its response has been read; hyper may
+            // not have marked it idle yet. That takes no I/O, so a connection not ready
+            // soon is in a state we do not want to wait on: drop it.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, idle.sender.ready()).await {
                 return Some(idle.sender);
             }
         }
