@@ -237,3 +237,37 @@ async fn restart_keeps_the_ca_and_every_device_certificate() {
         .expect("a cookie from before the restart opens the WebSocket");
     ws_roundtrip(&mut ws, "after restart").await;
 }
+
+/// Read system calls the process has made so far (`syscr` in /proc/PID/io).
+fn read_syscalls(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("syscr in /proc/PID/io")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gate_does_not_keep_rereading_its_files() {
+    // Reading a watched file raises an "opened" event; reacting to it re-read the files
+    // every debounce period, forever.
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+    save(&file, &config(upstream.addr, false, ""));
+    let gate = Gate::start(&file, &state);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = gate.child.id();
+    let before = read_syscalls(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = read_syscalls(pid) - before;
+    assert!(reads < 10, "{reads} read calls in 2 idle seconds");
+    // And an edit is still noticed.
+    save(&file, &config(upstream.addr, true, ""));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !gate.client(Some("alice")).probe().await.is_refused() {
+        assert!(Instant::now() < deadline, "the revoke was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

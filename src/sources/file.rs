@@ -117,8 +117,10 @@ pub async fn run(
     let config = std::path::absolute(&config).unwrap_or(config);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |event| {
-        // The receiver is gone only when `run` returned.
-        let _ = events_tx.send(event);
+        if is_change(&event) {
+            // The receiver is gone only when `run` returned.
+            let _ = events_tx.send(event);
+        }
     });
     // Without a watcher (inotify limits reached), the poll below still applies changes.
     let mut watcher = watcher
@@ -158,6 +160,21 @@ pub async fn run(
             // New files to follow: start comparing from their current contents.
             files.changed();
         }
+    }
+}
+
+/// Whether a watch event may mean new contents. Opening or reading a file is not: every
+/// check reads the files, and reacting to that re-read them every debounce period forever.
+fn is_change(event: &notify::Result<notify::Event>) -> bool {
+    use notify::EventKind::Access;
+    use notify::event::{AccessKind, AccessMode};
+    match event {
+        Ok(event) => match event.kind {
+            Access(AccessKind::Close(AccessMode::Write)) => true,
+            Access(_) => false,
+            _ => true,
+        },
+        Err(_) => true,
     }
 }
 
