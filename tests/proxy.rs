@@ -867,20 +867,31 @@ async fn trusted_proxy_chain_is_appended() -> R {
 
 const TEARDOWN: Duration = Duration::from_secs(1);
 
+/// A WebSocket on `/api/websocket` opened with `cert`.
+async fn cert_websocket(e: &Env, cert: &IssuedCert) -> Ws {
+    let (ws, _) = e
+        .gate
+        .client()
+        .cert(cert)
+        .websocket("/api/websocket", None)
+        .await
+        .expect("certificate websocket");
+    ws
+}
+
 /// WebSockets opened by alice's certificate, alice's cookie and bob's certificate.
 async fn three_websockets(e: &Env) -> [Ws; 3] {
     let cookie = earn_cookie(e, &e.alice).await;
-    let open = |client: TlsClient, cookie: Option<String>| async move {
-        let (ws, _) = client
-            .websocket("/api/websocket", cookie.as_deref())
-            .await
-            .expect("websocket");
-        ws
-    };
+    let (by_cookie, _) = e
+        .gate
+        .client()
+        .websocket("/api/websocket", Some(&cookie))
+        .await
+        .expect("cookie websocket");
     [
-        open(e.gate.client().cert(&e.alice), None).await,
-        open(e.gate.client(), Some(cookie)).await,
-        open(e.gate.client().cert(&e.bob), None).await,
+        cert_websocket(e, &e.alice).await,
+        by_cookie,
+        cert_websocket(e, &e.bob).await,
     ]
 }
 
@@ -988,13 +999,7 @@ async fn a_route_that_stops_admitting_an_identity_closes_its_connections() -> R 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrelated_reloads_keep_websockets_open() -> R {
     let e = env().await;
-    let (mut ws, _) = e
-        .gate
-        .client()
-        .cert(&e.alice)
-        .websocket("/api/websocket", None)
-        .await
-        .expect("ws");
+    let mut ws = cert_websocket(&e, &e.alice).await;
     let mut http = e.gate.client().cert(&e.alice).open().await?;
     assert_eq!(http.get("/").await?.status, StatusCode::OK);
     // Several reloads that keep alice: a new identity, a key rotation, a route change.
@@ -1114,13 +1119,17 @@ async fn large_bodies_stream_both_ways() -> R {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_connections_are_kept_open_and_shared_between_clients() -> R {
-    // One worker, so every client connection shares one upstream pool.
-    let settings = Settings {
+/// One proxy worker, so every client connection shares one upstream pool.
+fn one_worker() -> Settings {
+    Settings {
         workers: 1,
         ..Settings::default()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_open_and_shared_between_clients() -> R {
+    let settings = one_worker();
     let e = env_with(|_, _| {}, settings).await;
     let mut conn = e.gate.client().cert(&e.alice).open().await?;
     for _ in 0..20 {
@@ -1146,10 +1155,7 @@ async fn upstream_connections_are_kept_open_and_shared_between_clients() -> R {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_cut_short_does_not_spoil_the_next_request() -> R {
-    let settings = Settings {
-        workers: 1,
-        ..Settings::default()
-    };
+    let settings = one_worker();
     let e = env_with(|_, _| {}, settings).await;
     // Ask for the 8 MiB stream, read only the head, and hang up.
     let tls = e.gate.client().cert(&e.alice).connect().await?;
@@ -1200,10 +1206,7 @@ async fn an_upstream_closing_idle_connections_costs_no_request() -> R {
     let pki = TestPki::new();
     let upstream = upstream_closing_after_each_response().await?;
     let alice = pki.client("alice");
-    let settings = Settings {
-        workers: 1,
-        ..Settings::default()
-    };
+    let settings = one_worker();
     let gate = Gate::start(
         &pki,
         spec(
@@ -1590,13 +1593,7 @@ async fn connection_limit_counts_open_websockets() -> R {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // An upgraded connection is still an open connection.
-    let (mut ws, _) = e
-        .gate
-        .client()
-        .cert(&e.alice)
-        .websocket("/api/websocket", None)
-        .await
-        .expect("ws");
+    let mut ws = cert_websocket(&e, &e.alice).await;
     ws_roundtrip(&mut ws, "x").await;
     assert_eq!(e.gate.metrics.open_websockets.get(), 1);
     assert_eq!(
@@ -1817,13 +1814,7 @@ async fn resumed_sessions_do_not_outlive_a_revocation() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_accepting_and_closes_open_connections() -> R {
     let e = env().await;
-    let (mut ws, _) = e
-        .gate
-        .client()
-        .cert(&e.alice)
-        .websocket("/api/websocket", None)
-        .await
-        .expect("ws");
+    let mut ws = cert_websocket(&e, &e.alice).await;
     let mut conn = e.gate.client().cert(&e.bob).open().await?;
     assert_eq!(conn.get("/").await?.status, StatusCode::OK);
     ws_roundtrip(&mut ws, "before").await;
@@ -1845,13 +1836,7 @@ async fn websockets_and_event_streams_outlive_the_header_timeout() -> R {
     // heads, never an upgraded connection or a response still streaming.
     let e = env_with(|_, _| {}, timeouts()).await;
     let cookie = earn_cookie(&e, &e.alice).await;
-    let (mut ws, _) = e
-        .gate
-        .client()
-        .cert(&e.alice)
-        .websocket("/api/websocket", None)
-        .await
-        .expect("ws");
+    let mut ws = cert_websocket(&e, &e.alice).await;
     let (mut cookie_ws, _) = e
         .gate
         .client()

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use super::conn::{ConnInfo, Open};
 use super::headers::{self, Forwarded};
 use super::idle::{self, RequestBody};
-use super::revocation::{self, Admitted, Credential};
+use super::revocation::{self, Admitted};
 use super::{Body, Shared, contains};
 use crate::admission::{self, Decision, DenyReason};
 use crate::snapshot::Route;
@@ -93,17 +93,17 @@ pub async fn handle(
         );
         return Ok(denied(&req, reason));
     }
-    let set_cookie = match (&decision, &route.cookie) {
+    let set_cookie = match (&decision, &route.cookie, snapshot.cookie_keys().first()) {
         (
             Decision::Certificate {
                 cert,
                 cookie_due: true,
             },
             Some(policy),
-        ) => snapshot.cookie_keys().first().and_then(|key| {
-            conn.cookie_mint
-                .set_cookie(key, policy, &cert.serial_hex, &host, now)
-        }),
+            Some(key),
+        ) => conn
+            .cookie_mint
+            .set_cookie(key, policy, &cert.serial_hex, &host, now),
         _ => None,
     };
     drop(snapshot);
@@ -138,10 +138,9 @@ pub async fn handle(
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
-            let admitted = decision.identity().map(|cert| Admitted {
-                credential: Credential::Serial(cert.serial_hex.clone()),
-                host: Some(host.clone()),
-            });
+            let admitted = decision
+                .identity()
+                .map(|cert| Admitted::serial_on(&cert.serial_hex, &host));
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(
                 shared.clone(),
@@ -162,10 +161,7 @@ pub async fn handle(
     // A certificate connection is closed as a whole when its certificate goes (conn.rs);
     // a response admitted by cookie (an event stream, a camera feed) must end on its own.
     if let Decision::Cookie { cert } = &decision {
-        let admitted = Admitted {
-            credential: Credential::Serial(cert.serial_hex.clone()),
-            host: Some(host),
-        };
+        let admitted = Admitted::serial_on(&cert.serial_hex, &host);
         let gone = revocation::gone(shared.snapshots.clone(), Some(admitted));
         return Ok(resp.map(|body| UntilGone::new(body.boxed(), gone).boxed()));
     }
@@ -175,7 +171,7 @@ pub async fn handle(
 /// A response body cut short once the identity that was admitted no longer is.
 struct UntilGone {
     body: Body,
-    /// Fires (or errs, if the watch task is gone) when the identity is no longer live.
+    /// Fires (or errs, if the watch task is gone) when the identity is no longer admitted.
     gone: tokio::sync::oneshot::Receiver<()>,
 }
 

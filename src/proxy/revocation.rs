@@ -21,6 +21,15 @@ pub struct Admitted {
 }
 
 impl Admitted {
+    /// What a request admitted on `host` holds once it outlives its request (a tunnel, a
+    /// streamed response): the certificate serial, which a cookie carries too.
+    pub fn serial_on(serial: &str, host: &str) -> Self {
+        Self {
+            credential: Credential::Serial(serial.to_owned()),
+            host: Some(host.to_owned()),
+        }
+    }
+
     /// Whether `snapshot` would still admit this credential on this host.
     fn holds(&self, snapshot: &Snapshot) -> bool {
         let cert = match &self.credential {

@@ -152,13 +152,14 @@ impl Pool {
             return;
         }
         let mut pool = self.lock();
-        let list = match pool.iter().position(|(a, _)| *a == upstream) {
-            Some(i) => &mut pool[i].1,
+        let i = match pool.iter().position(|(a, _)| *a == upstream) {
+            Some(i) => i,
             None => {
                 pool.push((upstream, Vec::new()));
-                &mut pool.last_mut().expect("just pushed").1
+                pool.len() - 1
             }
         };
+        let list = &mut pool[i].1;
         if list.len() < MAX_IDLE_PER_UPSTREAM {
             list.push(Idle {
                 sender,
