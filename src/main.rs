@@ -325,7 +325,7 @@ async fn run_operator(args: Operator) -> anyhow::Result<()> {
     };
     let listener = match role {
         operator::Role::Controller => None,
-        _ => Some(bind(args.listen, "--listen").await?),
+        _ => Some(bind_gate(args.listen)?),
     };
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     let client = kube::Client::try_default().await.context(
@@ -375,18 +375,27 @@ fn hostname() -> String {
 }
 
 async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::AddrInUse => "another process holds the port",
-            std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges",
-            _ => "check the address",
-        };
-        anyhow!("cannot listen on {addr}: {e} ({hint}; choose another with {flag})")
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| bind_error(addr, flag, e))
+}
+
+/// The gate's port: bound so that each proxy worker gets its own socket on it.
+fn bind_gate(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    proxy::bind(addr).map_err(|e| bind_error(addr, "--listen", e))
+}
+
+fn bind_error(addr: SocketAddr, flag: &str, e: std::io::Error) -> anyhow::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "another process holds the port",
+        std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges",
+        _ => "check the address",
+    };
+    anyhow!("cannot listen on {addr}: {e} ({hint}; choose another with {flag})")
 }
 
 async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
-    let listener = bind(args.listen, "--listen").await?;
+    let listener = bind_gate(args.listen)?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     let listen = listener.local_addr().unwrap_or(args.listen);
 

@@ -13,6 +13,7 @@ mod conn;
 mod forward;
 mod headers;
 mod idle;
+mod listen;
 mod proxy_protocol;
 mod revocation;
 mod upstream;
@@ -27,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{Readiness, serve_admin, snapshot_loaded};
+pub use listen::bind;
 
 use crate::snapshot::SnapshotRx;
 use crate::telemetry::Metrics;
@@ -105,9 +107,9 @@ struct Shared {
 /// Accepts client connections on `listener` until `shutdown`.
 ///
 /// Connections are served by `settings.workers` threads, each with its own
-/// current-thread runtime and upstream pool, all accepting from the one listener. A
-/// connection, its upstream requests and its tunnels then stay on one thread: no
-/// work-stealing and no cross-thread wake-ups per request.
+/// current-thread runtime, upstream pool and (when `listener` came from [`bind`])
+/// listening socket on the same port. A connection, its upstream requests and its
+/// tunnels then stay on one thread: no work-stealing and no cross-thread wake-ups.
 pub async fn serve(
     listener: TcpListener,
     snapshots: SnapshotRx,
@@ -119,10 +121,13 @@ pub async fn serve(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let listener = match listener.into_std() {
-        Ok(listener) => listener,
+    let listeners = match listener
+        .into_std()
+        .and_then(|first| listen::per_worker(first, workers))
+    {
+        Ok(listeners) => listeners,
         Err(e) => {
-            tracing::error!(error = %e, "cannot hand the listener to the proxy workers");
+            tracing::error!(error = %e, "cannot open the proxy workers' listening sockets");
             return;
         }
     };
@@ -131,7 +136,7 @@ pub async fn serve(
     let _stop_on_drop = stop.clone().drop_guard();
     let slots = Arc::new(Semaphore::new(settings.limits.max_connections));
     let mut stopped = Vec::with_capacity(workers);
-    for n in 0..workers {
+    for (n, listener) in listeners.into_iter().enumerate() {
         let shared = Arc::new(Shared {
             upstream: upstream::Pool::new(settings.limits.upstream_connect_timeout),
             snapshots: snapshots.clone(),
@@ -140,15 +145,13 @@ pub async fn serve(
             shutdown: stop.clone(),
         });
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
-        let started = listener.try_clone().and_then(|listener| {
-            let slots = slots.clone();
-            std::thread::Builder::new()
-                .name(format!("proxy-worker-{n}"))
-                .spawn(move || {
-                    worker(listener, shared, slots);
-                    drop(done);
-                })
-        });
+        let slots = slots.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("proxy-worker-{n}"))
+            .spawn(move || {
+                worker(listener, shared, slots);
+                drop(done);
+            });
         match started {
             Ok(_) => stopped.push(finished),
             Err(e) => tracing::error!(worker = n, error = %e, "cannot start a proxy worker"),

@@ -226,7 +226,7 @@ impl Gate {
         let client_ca = vec![pki.ca_der()];
         let snapshot = build(&spec, &client_ca, &server_chain, &server_key, 1);
         let (tx, rx) = watch::channel(Some(Arc::new(snapshot)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gate");
+        let listener = proxy::bind("127.0.0.1:0".parse().unwrap()).expect("bind gate");
         let addr = listener.local_addr().expect("gate addr");
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
