@@ -179,6 +179,9 @@ impl Snapshot {
             .with_cert_resolver(Arc::new(certs));
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tls.ignore_client_order = true;
+        // One resumption ticket per handshake, not rustls' two: a browser resumes one
+        // connection and multiplexes over it, and each ticket is a cache entry + a record.
+        tls.send_tls13_tickets = 1;
 
         Ok(Snapshot {
             generation,
