@@ -238,6 +238,57 @@ async fn restart_keeps_the_ca_and_every_device_certificate() {
     ws_roundtrip(&mut ws, "after restart").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gate_on_the_same_port_is_refused() {
+    // Each worker has its own socket on the port (SO_REUSEPORT); a second gate, e.g. a
+    // forgotten manual run next to the service, must not join it and take a share of
+    // the connections with another configuration.
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+    save(&file, &config(upstream.addr, false, ""));
+    let gate = Gate::start(&file, &state);
+
+    let mut second = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "standalone",
+            "--listen",
+            &format!("127.0.0.1:{}", gate.port),
+        ])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--config")
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path().join("other-state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run a second gate");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second gate is running on the first gate's port");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "the second gate started: {stderr}"
+    );
+    assert!(
+        stderr.contains("another process holds the port") && stderr.contains("--listen"),
+        "{stderr}"
+    );
+    // Every new connection still reaches the first gate.
+    let alice = gate.client(Some("alice"));
+    for _ in 0..8 {
+        assert_eq!(alice.get("/").await.unwrap().status, 200);
+    }
+}
+
 /// Read system calls the process has made so far (`syscr` in /proc/PID/io).
 fn read_syscalls(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))

@@ -1,9 +1,9 @@
 //! Listening sockets: one per worker, all on the gate's one port.
 //!
-//! Workers sharing one socket all wake for every new connection and all but one find
-//! nothing to accept: half a wasted wake-up and `accept` per handshake, measured. With
-//! `SO_REUSEPORT` each worker owns a socket and the kernel hands each connection to
-//! exactly one of them. (Only processes of the same user can join the port.)
+//! Workers sharing one socket all wake for every new connection, and all but one find
+//! nothing to accept. With `SO_REUSEPORT` each worker owns a socket and the kernel hands
+//! each connection to exactly one of them. (Only processes of the same user can join the
+//! port.)
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -14,7 +14,14 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 const BACKLOG: i32 = 1024;
 
 /// Binds the gate's port so that `serve` can give each worker its own socket.
+///
+/// A port some process already listens on is refused, as a plain bind would refuse it:
+/// `SO_REUSEPORT` alone would let a second gate (a forgotten manual run next to the
+/// service, say) join silently and split the connections between two configurations.
 pub fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    if addr.port() != 0 {
+        drop(TcpListener::bind(addr)?);
+    }
     tokio::net::TcpListener::from_std(reuse_port_listener(addr)?)
 }
 
@@ -23,16 +30,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 pub(super) fn per_worker(first: TcpListener, workers: usize) -> io::Result<Vec<TcpListener>> {
     let own_sockets = SockRef::from(&first).reuse_port().unwrap_or(false);
     let addr = first.local_addr()?;
-    let mut listeners = Vec::with_capacity(workers);
-    for _ in 1..workers {
+    let mut listeners = vec![first];
+    while listeners.len() < workers {
         let next = if own_sockets {
             reuse_port_listener(addr)?
         } else {
-            first.try_clone()?
+            listeners[0].try_clone()?
         };
         listeners.push(next);
     }
-    listeners.insert(0, first);
     Ok(listeners)
 }
 
@@ -91,6 +97,19 @@ mod tests {
         let all = per_worker(first, 2).unwrap();
         // One socket behind two handles: whichever accepts first takes them all.
         assert_eq!(spread(&all, addr, 8), [8, 0]);
+    }
+
+    #[test]
+    fn a_second_gate_on_the_same_port_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let err = bind(first.local_addr().unwrap()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        });
     }
 
     #[test]
