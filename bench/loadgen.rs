@@ -200,7 +200,7 @@ fn client_config(t: &Target, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
 #[derive(Debug)]
 struct OnceVerifiedServer {
     webpki: Arc<WebPkiServerVerifier>,
-    verified: std::sync::Mutex<Option<Vec<u8>>>,
+    verified: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl ServerCertVerifier for OnceVerifiedServer {
@@ -212,14 +212,14 @@ impl ServerCertVerifier for OnceVerifiedServer {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.as_deref() == Some(end_entity.as_ref()) {
+        if self.verified.get().map(Vec::as_slice) == Some(end_entity.as_ref()) {
             return Ok(ServerCertVerified::assertion());
         }
         let ok =
             self.webpki
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
-        *verified = Some(end_entity.to_vec());
+        // The first certificate that verifies is the one remembered.
+        let _ = self.verified.set(end_entity.to_vec());
         Ok(ok)
     }
 

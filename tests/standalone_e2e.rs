@@ -55,6 +55,53 @@ fn save(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A config file for the real upstream and a state dir, both in a temp dir.
+struct Install {
+    upstream: Upstream,
+    file: PathBuf,
+    state: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Install {
+    async fn new() -> Install {
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+        let install = Install {
+            upstream,
+            file,
+            state,
+            dir,
+        };
+        install.save(false, "");
+        install
+    }
+
+    fn save(&self, alice_revoked: bool, extra: &str) {
+        save(
+            &self.file,
+            &config(self.upstream.addr, alice_revoked, extra),
+        );
+    }
+
+    fn start(&self) -> Gate {
+        Gate::start(&self.file, &self.state)
+    }
+}
+
+/// `portcullis standalone` on the given loopback ports.
+fn standalone(config: &Path, state: &Path, port: u16, admin: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state);
+    cmd
+}
+
 struct Gate {
     child: Child,
     port: u16,
@@ -64,13 +111,7 @@ struct Gate {
 impl Gate {
     fn start(config: &Path, state: &Path) -> Gate {
         let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .arg("--config")
-            .arg(config)
-            .arg("--state-dir")
-            .arg(state)
+        let child = standalone(config, state, port, admin)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -135,11 +176,8 @@ fn read(path: &Path) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_the_file_revokes_at_once_and_bad_edits_keep_serving() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
-    save(&file, &config(upstream.addr, false, ""));
-    let gate = Gate::start(&file, &state);
+    let install = Install::new().await;
+    let gate = install.start();
 
     let (alice, bob) = (gate.client(Some("alice")), gate.client(Some("bob")));
     assert_eq!(alice.get("/").await.unwrap().status, 200);
@@ -155,21 +193,14 @@ async fn editing_the_file_revokes_at_once_and_bad_edits_keep_serving() {
     ws_roundtrip(&mut alice_ws, "hello").await;
 
     // A broken edit is rejected; everything keeps working as before.
-    save(
-        &file,
-        &config(
-            upstream.addr,
-            false,
-            "---\nkind: ClientIdentity\nspec: [oops\n",
-        ),
-    );
+    install.save(false, "---\nkind: ClientIdentity\nspec: [oops\n");
     tokio::time::sleep(Duration::from_millis(600)).await;
     ws_roundtrip(&mut alice_ws, "still here").await;
     assert_eq!(bob.get("/").await.unwrap().status, 200);
 
     // Revoking alice in the file closes her open WebSocket within a second; bob's stays.
     let saved = Instant::now();
-    save(&file, &config(upstream.addr, true, ""));
+    install.save(true, "");
     let closed = ws_next(&mut alice_ws, Duration::from_secs(1)).await;
     assert_eq!(
         closed,
@@ -185,16 +216,13 @@ async fn editing_the_file_revokes_at_once_and_bad_edits_keep_serving() {
         Outcome::Refused(_) => {}
         other => panic!("alice's certificate must fail the handshake, got {other:?}"),
     }
-    let crl = String::from_utf8(read(&state.join("crl.pem"))).unwrap();
+    let crl = String::from_utf8(read(&install.state.join("crl.pem"))).unwrap();
     assert!(crl.contains("BEGIN X509 CRL"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_the_ca_and_every_device_certificate() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
-    save(&file, &config(upstream.addr, false, ""));
+    let install = Install::new().await;
     let files = [
         "ca/tls.crt",
         "ca/tls.key",
@@ -206,8 +234,8 @@ async fn restart_keeps_the_ca_and_every_device_certificate() {
         "identities/bob/tls.crt",
     ];
 
-    let gate = Gate::start(&file, &state);
-    let before: Vec<Vec<u8>> = files.iter().map(|f| read(&state.join(f))).collect();
+    let gate = install.start();
+    let before: Vec<Vec<u8>> = files.iter().map(|f| read(&install.state.join(f))).collect();
     let alice = gate.client(Some("alice"));
     let cookie = alice
         .get("/")
@@ -217,10 +245,10 @@ async fn restart_keeps_the_ca_and_every_device_certificate() {
         .expect("a cookie");
     drop(gate);
 
-    let gate = Gate::start(&file, &state);
+    let gate = install.start();
     for (name, bytes) in files.iter().zip(&before) {
         assert_eq!(
-            &read(&state.join(name)),
+            &read(&install.state.join(name)),
             bytes,
             "{name} changed across a restart"
         );
@@ -243,23 +271,11 @@ async fn a_second_gate_on_the_same_port_is_refused() {
     // Each worker has its own socket on the port (SO_REUSEPORT); a second gate, e.g. a
     // forgotten manual run next to the service, must not join it and take a share of
     // the connections with another configuration.
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
-    save(&file, &config(upstream.addr, false, ""));
-    let gate = Gate::start(&file, &state);
+    let install = Install::new().await;
+    let gate = install.start();
 
-    let mut second = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "standalone",
-            "--listen",
-            &format!("127.0.0.1:{}", gate.port),
-        ])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--config")
-        .arg(&file)
-        .arg("--state-dir")
-        .arg(dir.path().join("other-state"))
+    let other_state = install.dir.path().join("other-state");
+    let mut second = standalone(&install.file, &other_state, gate.port, free_port())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -303,11 +319,8 @@ fn read_syscalls(pid: u32) -> u64 {
 async fn an_idle_gate_does_not_keep_rereading_its_files() {
     // Reading a watched file raises an "opened" event; reacting to it re-read the files
     // every debounce period, forever.
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
-    save(&file, &config(upstream.addr, false, ""));
-    let gate = Gate::start(&file, &state);
+    let install = Install::new().await;
+    let gate = install.start();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = gate.child.id();
     let before = read_syscalls(pid);
@@ -315,7 +328,7 @@ async fn an_idle_gate_does_not_keep_rereading_its_files() {
     let reads = read_syscalls(pid) - before;
     assert!(reads < 10, "{reads} read calls in 2 idle seconds");
     // And an edit is still noticed.
-    save(&file, &config(upstream.addr, true, ""));
+    install.save(true, "");
     let deadline = Instant::now() + Duration::from_secs(3);
     while !gate.client(Some("alice")).probe().await.is_refused() {
         assert!(Instant::now() < deadline, "the revoke was not applied");

@@ -71,14 +71,10 @@ mod tests {
         counts
     }
 
-    #[test]
-    fn each_worker_gets_its_own_socket_and_connections_spread() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let first = rt.block_on(async { bind("127.0.0.1:0".parse().unwrap()) });
-        let first = first.unwrap().into_std().unwrap();
+    #[tokio::test]
+    async fn each_worker_gets_its_own_socket_and_connections_spread() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let first = first.into_std().unwrap();
         let addr = first.local_addr().unwrap();
         let all = per_worker(first, 2).unwrap();
         assert!(all.iter().all(|l| l.local_addr().unwrap() == addr));
@@ -99,17 +95,11 @@ mod tests {
         assert_eq!(spread(&all, addr, 8), [8, 0]);
     }
 
-    #[test]
-    fn a_second_gate_on_the_same_port_is_refused() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-            let err = bind(first.local_addr().unwrap()).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
-        });
+    #[tokio::test]
+    async fn a_second_gate_on_the_same_port_is_refused() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let err = bind(first.local_addr().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]
