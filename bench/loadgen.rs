@@ -31,6 +31,7 @@ use clap::{Args, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -70,7 +71,8 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
-    /// Keep-alive HTTP/1.1 GETs over persistent mTLS connections.
+    /// Keep-alive HTTP/1.1 GETs over persistent mTLS connections; a cookie the server
+    /// sets is sent back, as a browser does.
     Requests {
         #[command(flatten)]
         target: Target,
@@ -276,29 +278,39 @@ impl Client {
     }
 }
 
-fn get(t: &Target, close: bool) -> Result<Request<Empty<Bytes>>> {
+/// A GET as a browser sends it: with the cookie the server set earlier, if any.
+fn get(t: &Target, close: bool, cookie: Option<&HeaderValue>) -> Result<Request<Empty<Bytes>>> {
     let mut req = Request::get(t.path.as_str())
         .header(hyper::header::HOST, t.sni.as_str())
         .header(hyper::header::ACCEPT, "*/*");
+    if let Some(cookie) = cookie {
+        req = req.header(hyper::header::COOKIE, cookie);
+    }
     if close {
         req = req.header(hyper::header::CONNECTION, "close");
     }
     Ok(req.body(Empty::new())?)
 }
 
-/// Sends `req`, reads the whole body, insists on 200.
+/// Sends `req`, reads the whole body, insists on 200. Returns the `name=value` of a cookie
+/// the response sets, for the caller to send back as a browser would.
 async fn exchange(
     sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     req: Request<Empty<Bytes>>,
-) -> Result<()> {
+) -> Result<Option<HeaderValue>> {
     sender.ready().await.context("http")?;
     let resp = sender.send_request(req).await.context("http")?;
     let status = resp.status();
+    let cookie = resp
+        .headers()
+        .get(hyper::header::SET_COOKIE)
+        .and_then(|v| v.as_bytes().split(|&b| b == b';').next())
+        .and_then(|pair| HeaderValue::from_bytes(pair).ok());
     resp.into_body().collect().await.context("body")?;
     if status != StatusCode::OK {
         bail!("status_{}", status.as_u16());
     }
-    Ok(())
+    Ok(cookie)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -517,7 +529,7 @@ async fn one_handshake(client: &Client, t: &Target) -> Result<()> {
         .await
         .context("http")?;
     let conn = tokio::spawn(conn);
-    let result = exchange(&mut sender, get(t, true)?).await;
+    let result = exchange(&mut sender, get(t, true, None)?).await.map(drop);
     drop(sender);
     // The server closes after `Connection: close`; wait so the socket is really gone.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
@@ -535,11 +547,15 @@ async fn requests(t: Target, duration: Duration, connections: usize) -> Result<V
                 .context("opening connections")?,
         );
     }
-    // Warm each connection (and the servers' upstream pools) with one request.
+    // Warm each connection (and the servers' upstream pools) with one request. Like a
+    // browser, keep the cookie a server sets and send it back: Portcullis then verifies
+    // it instead of setting a fresh one on every response.
+    let mut cookie = None;
     for sender in &mut senders {
-        exchange(sender, get(&t, false)?)
+        let set = exchange(sender, get(&t, false, cookie.as_ref())?)
             .await
             .context("first request failed")?;
+        cookie = set.or(cookie);
     }
     let reconnects = Arc::new(AtomicU64::new(0));
     let window = Window::start(&t);
@@ -547,13 +563,14 @@ async fn requests(t: Target, duration: Duration, connections: usize) -> Result<V
     let mut tasks = Vec::new();
     for mut sender in senders {
         let (client, t, reconnects) = (client.clone(), t.clone(), reconnects.clone());
+        let mut cookie = cookie.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             // Latencies for a run of ~10^5..10^6 requests: reserve once.
             tally.latencies_us.reserve(1 << 16);
             while Instant::now() < deadline {
                 let started = Instant::now();
-                let req = match get(&t, false) {
+                let req = match get(&t, false, cookie.as_ref()) {
                     Ok(req) => req,
                     Err(e) => {
                         tally.error(&e);
@@ -561,9 +578,12 @@ async fn requests(t: Target, duration: Duration, connections: usize) -> Result<V
                     }
                 };
                 match exchange(&mut sender, req).await {
-                    Ok(()) => tally
-                        .latencies_us
-                        .push(started.elapsed().as_micros() as u64),
+                    Ok(set) => {
+                        tally
+                            .latencies_us
+                            .push(started.elapsed().as_micros() as u64);
+                        cookie = set.or(cookie);
+                    }
                     Err(e) => {
                         tally.error(&e);
                         // The server closed the connection (or it broke): open a new one,

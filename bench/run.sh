@@ -10,7 +10,7 @@
 # measured window and divided by the operations done: on 2 shared cores that is much
 # steadier than throughput. Medians of the repetitions are printed as a Markdown table.
 #
-# Knobs (environment): BENCH_REPEATS (3), BENCH_DURATION (10s), BENCH_HS_CONCURRENCY (8),
+# Knobs (environment): BENCH_REPEATS (5), BENCH_DURATION (10s), BENCH_HS_CONCURRENCY (8),
 # BENCH_REQ_CONNECTIONS (16), BENCH_WS_COUNT (1000), BENCH_WS_HOLD (5s),
 # BENCH_MAX_LOAD (1.5: wait, up to BENCH_LOAD_WAIT seconds (300), for the 1-minute load
 # average to fall below it before each server's measurements), BENCH_KEEP=1 keeps the temp
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-REPEATS=${BENCH_REPEATS:-3}
+REPEATS=${BENCH_REPEATS:-5}
 DURATION=${BENCH_DURATION:-10s}
 HS_CONC=${BENCH_HS_CONCURRENCY:-8}
 REQ_CONNS=${BENCH_REQ_CONNECTIONS:-16}
@@ -430,6 +430,26 @@ for server in ("nginx", "portcullis"):
           + (f" ({'; '.join(f'{k} ×{v}' for k, v in sorted(errs.items()))})" if errs else "")
           + (f"; WebSockets opened (median) {opened:g}" if opened is not None else "")
           + (f"; load average during runs {min(loads):.2f}–{max(loads):.2f}" if loads else ""))
+
+# The machine's speed drifts between repetitions (both servers alike, one after the
+# other): the ratio within each repetition shows how far a median can be trusted.
+def per_rep_ratios(mode, field):
+    by_rep = {}
+    for r in rows:
+        if r["mode"] == mode and r.get(field) is not None:
+            by_rep.setdefault(r["rep"], {})[r["server"]] = r[field]
+    return sorted(d["portcullis"] / d["nginx"] for d in by_rep.values()
+                  if d.get("nginx") and "portcullis" in d)
+
+for label, mode, field in [
+    ("CPU per handshake", "handshakes", "server_cpu_ms_per_op"),
+    ("handshakes/s", "handshakes", "rate_per_s"),
+    ("keep-alive requests/s", "requests", "rate_per_s"),
+    ("CPU per keep-alive request", "requests", "server_cpu_ms_per_op"),
+]:
+    ratios = per_rep_ratios(mode, field)
+    if ratios:
+        print(f"- per repetition, {label} (p/n): " + ", ".join(f"{x:.2f}" for x in ratios))
 failed = [l for l, ok in verdicts if not ok]
 print(f"\n{len(verdicts) - len(failed)} of {len(verdicts)} targets met"
       + (f"; missed: {', '.join(failed)}" if failed else ""))
