@@ -5,13 +5,15 @@
 #
 # For each repetition, each server in turn (never both at once) is started fresh and gets:
 #   idle RSS -> full mTLS handshakes (no resumption) -> RSS -> as many handshakes again
-#   (soak) -> RSS -> keep-alive requests -> 1,000 held WebSockets (RSS) -> stopped.
+#   (soak) -> RSS -> 1,000 held WebSockets (RSS) -> stopped.
+# Then both run at once, idle but for the one measured, for keep-alive requests in short
+# windows taking turns (pairs), so the machine's drift hits both alike.
 # CPU time is read from /proc/PID/stat (utime+stime of every server process) over each
 # measured window and divided by the operations done: on 2 shared cores that is much
 # steadier than throughput. Medians of the repetitions are printed as a Markdown table.
 #
 # Knobs (environment): BENCH_REPEATS (5), BENCH_DURATION (10s), BENCH_HS_CONCURRENCY (8),
-# BENCH_REQ_CONNECTIONS (16), BENCH_WS_COUNT (1000), BENCH_WS_HOLD (5s),
+# BENCH_PAIRS (10), BENCH_PAIR_DURATION (4s), BENCH_REQ_CONNECTIONS (16), BENCH_WS_COUNT (1000), BENCH_WS_HOLD (5s),
 # BENCH_MAX_LOAD (1.5: wait, up to BENCH_LOAD_WAIT seconds (300), for the 1-minute load
 # average to fall below it before each server's measurements), BENCH_KEEP=1 keeps the temp
 # dir, BENCH_NO_BUILD=1 skips cargo build, BENCH_PORT_BASE (18440).
@@ -22,6 +24,8 @@ REPEATS=${BENCH_REPEATS:-5}
 DURATION=${BENCH_DURATION:-10s}
 HS_CONC=${BENCH_HS_CONCURRENCY:-8}
 REQ_CONNS=${BENCH_REQ_CONNECTIONS:-16}
+PAIRS=${BENCH_PAIRS:-10}
+PAIR_DURATION=${BENCH_PAIR_DURATION:-4s}
 WS_COUNT=${BENCH_WS_COUNT:-1000}
 WS_HOLD=${BENCH_WS_HOLD:-5s}
 MAX_LOAD=${BENCH_MAX_LOAD:-1.5}
@@ -317,10 +321,6 @@ measure() { # server rep
     sleep 2
     record "\"server\":\"$server\",\"rep\":$rep,\"mode\":\"after_soak\",\"server_rss_kib\":$(rss_kib "${SERVER_PIDS[@]}")"
 
-    log "$server #$rep: keep-alive requests ($DURATION, $REQ_CONNS connections)"
-    out=$(lg "$server" "$port" requests --duration "$DURATION" --connections "$REQ_CONNS")
-    record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
-
     log "$server #$rep: $WS_COUNT WebSockets held $WS_HOLD"
     out=$(lg "$server" "$port" websockets --count "$WS_COUNT" --hold "$WS_HOLD")
     record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
@@ -336,6 +336,28 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
         measure "$server" "$rep"
     done
 done
+
+# Keep-alive requests, paired: both servers up, short windows taking turns. The machine's
+# speed drifts by ±25 % over tens of seconds (for both servers and the load generator
+# alike); a ratio taken within a few seconds cancels most of that drift.
+wait_for_quiet
+start_nginx
+NGINX_PID=$SERVER_PID NGINX_PIDS=("${SERVER_PIDS[@]}")
+start_portcullis
+PC_PID=$SERVER_PID PC_PIDS=("${SERVER_PIDS[@]}")
+sleep 2
+log "keep-alive requests: $PAIRS pairs of $PAIR_DURATION windows, $REQ_CONNS connections"
+for ((pair = 1; pair <= PAIRS; pair++)); do
+    if ((pair % 2)); then order="nginx portcullis"; else order="portcullis nginx"; fi
+    for server in $order; do
+        if [ "$server" = nginx ]; then port=$NG_PORT SERVER_PIDS=("${NGINX_PIDS[@]}")
+        else port=$PC_PORT SERVER_PIDS=("${PC_PIDS[@]}"); fi
+        out=$(lg "$server" "$port" requests --duration "$PAIR_DURATION" --connections "$REQ_CONNS")
+        record "\"server\":\"$server\",\"rep\":$pair,\"load1\":$(load1),${out:1:${#out}-2}"
+    done
+done
+SERVER_PID=$PC_PID stop_server "$PC_PORT"
+SERVER_PID=$NGINX_PID stop_server "$NG_PORT"
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report ----------------------------------------------------------------------------------------
@@ -350,7 +372,7 @@ if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then COMMIT="$COMM
     echo "- rustc: $(rustc --version 2>/dev/null || echo '?')"
     echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
     echo "- load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end"
-    echo "- runs: $REPEATS × each server in turn; handshakes $DURATION at concurrency $HS_CONC; requests $DURATION over $REQ_CONNS connections; $WS_COUNT WebSockets held $WS_HOLD"
+    echo "- runs: $REPEATS × each server in turn; handshakes $DURATION at concurrency $HS_CONC; keep-alive requests in $PAIRS pairs of $PAIR_DURATION windows over $REQ_CONNS connections; $WS_COUNT WebSockets held $WS_HOLD"
     echo
     python3 - "$RESULTS" "$WS_COUNT" <<'PY'
 import json, statistics, sys
@@ -432,7 +454,8 @@ for server in ("nginx", "portcullis"):
           + (f"; load average during runs {min(loads):.2f}–{max(loads):.2f}" if loads else ""))
 
 # The machine's speed drifts between repetitions (both servers alike, one after the
-# other): the ratio within each repetition shows how far a median can be trusted.
+# other): the ratio within each repetition (keep-alive: each pair) shows how far a median
+# can be trusted.
 def per_rep_ratios(mode, field):
     by_rep = {}
     for r in rows:
@@ -449,7 +472,9 @@ for label, mode, field in [
 ]:
     ratios = per_rep_ratios(mode, field)
     if ratios:
-        print(f"- per repetition, {label} (p/n): " + ", ".join(f"{x:.2f}" for x in ratios))
+        unit = "pair" if mode == "requests" else "repetition"
+        print(f"- per {unit}, {label} (p/n, sorted): " + ", ".join(f"{x:.2f}" for x in ratios)
+              + f"; median {statistics.median(ratios):.2f}")
 failed = [l for l, ok in verdicts if not ok]
 print(f"\n{len(verdicts) - len(failed)} of {len(verdicts)} targets met"
       + (f"; missed: {', '.join(failed)}" if failed else ""))
