@@ -13,6 +13,7 @@
 //!                    --duration 10s --concurrency 8
 //! loadgen requests   ... --connections 16 --duration 10s
 //! loadgen websockets ... --count 1000 --hold 5s
+//! loadgen pump       --listen 127.0.0.1:8444 --upstream 127.0.0.1:18080 --cert C --key K
 //! ```
 //!
 //! Handshakes never resume (`Resumption::disabled()`, TLS 1.3 only, no tickets stored), so
@@ -99,6 +100,19 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:18080")]
         listen: SocketAddr,
     },
+    /// The floor for any TLS-terminating proxy: TLS in, bytes copied to `--upstream` and
+    /// back, no HTTP parsing and no client certificates. Not a gate; a yardstick.
+    Pump {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// Server certificate chain and key (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -157,6 +171,14 @@ fn main() -> Result<()> {
                 concurrency,
             } => websockets(target, count, hold, concurrency).await,
             Cmd::Upstream { listen } => upstream(listen).await.map(|()| Value::Null),
+            Cmd::Pump {
+                listen,
+                upstream,
+                cert,
+                key,
+            } => pump(listen, upstream, cert, key)
+                .await
+                .map(|()| Value::Null),
         }
     })?;
     println!("{out}");
@@ -801,6 +823,45 @@ async fn upstream(listen: SocketAddr) -> Result<()> {
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades()
                 .await;
+        });
+    }
+}
+
+async fn pump(listen: SocketAddr, upstream: SocketAddr, cert: PathBuf, key: PathBuf) -> Result<()> {
+    if !listen.ip().is_loopback() || !upstream.ip().is_loopback() {
+        bail!("--listen and --upstream must be loopback addresses");
+    }
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key =
+        PrivateKeyDer::from_pem_file(&key).with_context(|| format!("reading {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let Ok(mut up) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = up.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
         });
     }
 }

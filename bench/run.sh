@@ -7,7 +7,8 @@
 #   idle RSS -> full mTLS handshakes (no resumption) -> RSS -> as many handshakes again
 #   (soak) -> RSS -> 1,000 held WebSockets (RSS) -> stopped.
 # Then both run at once, idle but for the one measured, for keep-alive requests in short
-# windows taking turns (pairs), so the machine's drift hits both alike.
+# windows taking turns (pairs), so the machine's drift hits both alike; a TLS byte pump
+# (`loadgen pump`) takes its turn too, as the floor any TLS-terminating proxy costs.
 # CPU time is read from /proc/PID/stat (utime+stime of every server process) over each
 # measured window and divided by the operations done: on 2 shared cores that is much
 # steadier than throughput. Medians of the repetitions are printed as a Markdown table.
@@ -32,6 +33,7 @@ MAX_LOAD=${BENCH_MAX_LOAD:-1.5}
 LOAD_WAIT=${BENCH_LOAD_WAIT:-300}
 BASE=${BENCH_PORT_BASE:-18440}
 UP_PORT=$((BASE + 0)) PC_PORT=$((BASE + 1)) NG_PORT=$((BASE + 2)) ADMIN_PORT=$((BASE + 3))
+PUMP_PORT=$((BASE + 4))
 HOST=bench.test
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -68,7 +70,7 @@ LOADGEN=$TARGET_DIR/release/examples/loadgen
 [ -x "$PORTCULLIS" ] || die "$PORTCULLIS missing"
 [ -x "$LOADGEN" ] || die "$LOADGEN missing"
 
-for port in $UP_PORT $PC_PORT $NG_PORT $ADMIN_PORT; do
+for port in $UP_PORT $PC_PORT $NG_PORT $ADMIN_PORT $PUMP_PORT; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port is busy; set BENCH_PORT_BASE"
     fi
@@ -345,19 +347,31 @@ start_nginx
 NGINX_PID=$SERVER_PID NGINX_PIDS=("${SERVER_PIDS[@]}")
 start_portcullis
 PC_PID=$SERVER_PID PC_PIDS=("${SERVER_PIDS[@]}")
+# The yardstick: TLS in, bytes copied to the upstream, no HTTP at all — what any
+# TLS-terminating proxy costs at least on this machine.
+"$LOADGEN" pump --listen "127.0.0.1:$PUMP_PORT" --upstream "127.0.0.1:$UP_PORT" \
+    --cert "$STATE/routes/bench/tls.crt" --key "$STATE/routes/bench/tls.key" \
+    2>"$WORK/pump.log" &
+PUMP_PID=$!
+PIDS+=($PUMP_PID)
+wait_port "$PUMP_PORT" 10 || die "the TLS pump did not start"
 sleep 2
-log "keep-alive requests: $PAIRS pairs of $PAIR_DURATION windows, $REQ_CONNS connections"
+log "keep-alive requests: $PAIRS pairs of $PAIR_DURATION windows, $REQ_CONNS connections (and the pump)"
 for ((pair = 1; pair <= PAIRS; pair++)); do
-    if ((pair % 2)); then order="nginx portcullis"; else order="portcullis nginx"; fi
+    if ((pair % 2)); then order="nginx portcullis pump"; else order="pump portcullis nginx"; fi
     for server in $order; do
-        if [ "$server" = nginx ]; then port=$NG_PORT SERVER_PIDS=("${NGINX_PIDS[@]}")
-        else port=$PC_PORT SERVER_PIDS=("${PC_PIDS[@]}"); fi
+        case $server in
+        nginx) port=$NG_PORT SERVER_PIDS=("${NGINX_PIDS[@]}") ;;
+        portcullis) port=$PC_PORT SERVER_PIDS=("${PC_PIDS[@]}") ;;
+        pump) port=$PUMP_PORT SERVER_PIDS=("$PUMP_PID") ;;
+        esac
         out=$(lg "$server" "$port" requests --duration "$PAIR_DURATION" --connections "$REQ_CONNS")
         record "\"server\":\"$server\",\"rep\":$pair,\"load1\":$(load1),${out:1:${#out}-2}"
     done
 done
 SERVER_PID=$PC_PID stop_server "$PC_PORT"
 SERVER_PID=$NGINX_PID stop_server "$NG_PORT"
+SERVER_PID=$PUMP_PID stop_server "$PUMP_PORT"
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report ----------------------------------------------------------------------------------------
@@ -437,6 +451,15 @@ for label, mode, field, scale, digits, kind, target in metrics:
         verdicts.append((label, ok))
     shown_ratio = "—" if ratio is None or mode == "soak_growth" else f"{ratio:.2f}"
     print(f"| {label} | {fmt(n, digits)} | {fmt(p, digits)} | {shown_ratio} | {goal} | {result} |")
+
+floor_cpu = med("pump", "requests", "server_cpu_ms_per_op", 1000)
+floor_rate = med("pump", "requests", "rate_per_s")
+nginx_cpu = med("nginx", "requests", "server_cpu_ms_per_op", 1000)
+nginx_rate = med("nginx", "requests", "rate_per_s")
+if floor_cpu and nginx_cpu and floor_rate and nginx_rate:
+    print(f"\nFloor for keep-alive requests (`loadgen pump`: TLS in, bytes copied to the upstream,"
+          f" no HTTP): {floor_cpu:.1f} µs of CPU per request ({floor_cpu / nginx_cpu:.2f}× nginx),"
+          f" {floor_rate:,.0f} requests/s ({floor_rate / nginx_rate:.2f}× nginx).")
 
 print()
 for server in ("nginx", "portcullis"):
