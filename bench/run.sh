@@ -359,23 +359,23 @@ PIDS+=($PUMP_PID)
 wait_port "$PUMP_PORT" 10 || die "the TLS pump did not start"
 sleep 2
 log "$PAIRS pairs of $PAIR_DURATION windows: keep-alive requests ($REQ_CONNS connections, and the pump), handshakes (concurrency $HS_CONC)"
+turn_of() { # server: point `port` and SERVER_PIDS (read by lg) at it
+    case $1 in
+    nginx) port=$NG_PORT SERVER_PIDS=("${NGINX_PIDS[@]}") ;;
+    portcullis) port=$PC_PORT SERVER_PIDS=("${PC_PIDS[@]}") ;;
+    pump) port=$PUMP_PORT SERVER_PIDS=("$PUMP_PID") ;;
+    esac
+}
 for ((pair = 1; pair <= PAIRS; pair++)); do
     if ((pair % 2)); then order="nginx portcullis pump"; else order="pump portcullis nginx"; fi
     for server in $order; do
-        case $server in
-        nginx) port=$NG_PORT SERVER_PIDS=("${NGINX_PIDS[@]}") ;;
-        portcullis) port=$PC_PORT SERVER_PIDS=("${PC_PIDS[@]}") ;;
-        pump) port=$PUMP_PORT SERVER_PIDS=("$PUMP_PID") ;;
-        esac
+        turn_of "$server"
         out=$(lg "$server" "$port" requests --duration "$PAIR_DURATION" --connections "$REQ_CONNS")
         record "\"server\":\"$server\",\"rep\":$pair,\"load1\":$(load1),${out:1:${#out}-2}"
     done
     for server in $order; do
-        case $server in
-        nginx) port=$NG_PORT SERVER_PIDS=("${NGINX_PIDS[@]}") ;;
-        portcullis) port=$PC_PORT SERVER_PIDS=("${PC_PIDS[@]}") ;;
-        pump) continue ;; # no client certificates: no floor for a gate's handshake
-        esac
+        [ "$server" = pump ] && continue # no client certificates: no floor for a handshake
+        turn_of "$server"
         out=$(lg "$server" "$port" handshakes --duration "$PAIR_DURATION" --concurrency "$HS_CONC")
         record "\"server\":\"$server\",\"rep\":$pair,\"load1\":$(load1),${out:1:${#out}-2}"
     done
