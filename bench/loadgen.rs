@@ -196,11 +196,7 @@ fn client_config(t: &Target, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
     {
         roots.add(cert?)?;
     }
-    let chain = CertificateDer::pem_file_iter(&t.cert)
-        .with_context(|| format!("reading {}", t.cert.display()))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(&t.key)
-        .with_context(|| format!("reading {}", t.key.display()))?;
+    let (chain, key) = cert_and_key(&t.cert, &t.key)?;
     let verifier = OnceVerifiedServer {
         webpki: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()?,
@@ -215,6 +211,19 @@ fn client_config(t: &Target, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
     config.resumption = Resumption::disabled();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// A certificate chain and its private key, from PEM files.
+fn cert_and_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    Ok((chain, key))
 }
 
 /// The server's certificate chain is checked in full once; later handshakes that present
@@ -831,11 +840,7 @@ async fn pump(listen: SocketAddr, upstream: SocketAddr, cert: PathBuf, key: Path
     if !listen.ip().is_loopback() || !upstream.ip().is_loopback() {
         bail!("--listen and --upstream must be loopback addresses");
     }
-    let chain = CertificateDer::pem_file_iter(&cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let key =
-        PrivateKeyDer::from_pem_file(&key).with_context(|| format!("reading {}", key.display()))?;
+    let (chain, key) = cert_and_key(&cert, &key)?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

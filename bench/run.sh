@@ -3,18 +3,20 @@
 #
 #   bench/run.sh            # everything: install nginx if absent, build, run, print a table
 #
-# For each repetition, each server in turn (never both at once) is started fresh and gets:
+# Memory: for each repetition, each server in turn (never both at once) is started fresh:
 #   idle RSS -> full mTLS handshakes (no resumption) -> RSS -> as many handshakes again
 #   (soak) -> RSS -> 1,000 held WebSockets (RSS) -> stopped.
-# Then both run at once, idle but for the one measured, for keep-alive requests and
-# handshakes in short windows taking turns (pairs), so the machine's drift hits both alike; a TLS byte pump
-# (`loadgen pump`) takes its turn too, as the floor any TLS-terminating proxy costs.
+# Speed: then both run at once, idle but for the one measured, for keep-alive requests and
+# handshakes in short windows taking turns (pairs), so the machine's drift hits both
+# alike; a TLS byte pump (`loadgen pump`) takes its keep-alive turn too, as the floor any
+# TLS-terminating proxy costs.
 # CPU time is read from /proc/PID/stat (utime+stime of every server process) over each
 # measured window and divided by the operations done: on 2 shared cores that is much
-# steadier than throughput. Medians of the repetitions are printed as a Markdown table.
+# steadier than throughput. Medians are printed as a Markdown table.
 #
 # Knobs (environment): BENCH_REPEATS (5), BENCH_DURATION (10s), BENCH_HS_CONCURRENCY (8),
-# BENCH_PAIRS (10), BENCH_PAIR_DURATION (4s), BENCH_REQ_CONNECTIONS (16), BENCH_WS_COUNT (1000), BENCH_WS_HOLD (5s),
+# BENCH_PAIRS (10), BENCH_PAIR_DURATION (4s), BENCH_REQ_CONNECTIONS (16),
+# BENCH_WS_COUNT (1000), BENCH_WS_HOLD (5s),
 # BENCH_MAX_LOAD (1.5: wait, up to BENCH_LOAD_WAIT seconds (300), for the 1-minute load
 # average to fall below it before each server's measurements), BENCH_KEEP=1 keeps the temp
 # dir, BENCH_NO_BUILD=1 skips cargo build, BENCH_PORT_BASE (18440).
@@ -341,9 +343,9 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
     done
 done
 
-# Keep-alive requests and handshakes, paired: both servers up, short windows taking turns. The machine's
-# speed drifts by ±25 % over tens of seconds (for both servers and the load generator
-# alike); a ratio taken within a few seconds cancels most of that drift.
+# Keep-alive requests and handshakes, paired: both servers up, short windows taking
+# turns. The machine's speed drifts by ±25 % over tens of seconds (for both servers and
+# the load generator alike); a ratio taken within a few seconds cancels most of it.
 wait_for_quiet
 start_nginx
 NGINX_PID=$SERVER_PID NGINX_PIDS=("${SERVER_PIDS[@]}")
@@ -358,7 +360,8 @@ PUMP_PID=$!
 PIDS+=($PUMP_PID)
 wait_port "$PUMP_PORT" 10 || die "the TLS pump did not start"
 sleep 2
-log "$PAIRS pairs of $PAIR_DURATION windows: keep-alive requests ($REQ_CONNS connections, and the pump), handshakes (concurrency $HS_CONC)"
+log "$PAIRS pairs of $PAIR_DURATION windows: keep-alive requests ($REQ_CONNS connections;" \
+    "the pump too), handshakes (concurrency $HS_CONC)"
 turn_of() { # server: point `port` and SERVER_PIDS (read by lg) at it
     case $1 in
     nginx) port=$NG_PORT SERVER_PIDS=("${NGINX_PIDS[@]}") ;;
@@ -487,15 +490,14 @@ for server in ("nginx", "portcullis"):
           + (f"; WebSockets opened (median) {opened:g}" if opened is not None else "")
           + (f"; load average during runs {min(loads):.2f}–{max(loads):.2f}" if loads else ""))
 
-# The machine's speed drifts between repetitions (both servers alike, one after the
-# other): the ratio within each repetition (keep-alive: each pair) shows how far a median
-# can be trusted.
-def per_rep_ratios(mode, field):
-    by_rep = {}
+# The ratio within each pair shows how far the machine drifted, and so how far the
+# medians can be trusted.
+def per_pair_ratios(mode, field):
+    by_pair = {}
     for r in rows:
         if r["mode"] == mode and r.get(field) is not None:
-            by_rep.setdefault(r["rep"], {})[r["server"]] = r[field]
-    return sorted(d["portcullis"] / d["nginx"] for d in by_rep.values()
+            by_pair.setdefault(r["rep"], {})[r["server"]] = r[field]
+    return sorted(d["portcullis"] / d["nginx"] for d in by_pair.values()
                   if d.get("nginx") and "portcullis" in d)
 
 for label, mode, field in [
@@ -504,7 +506,7 @@ for label, mode, field in [
     ("keep-alive requests/s", "requests", "rate_per_s"),
     ("CPU per keep-alive request", "requests", "server_cpu_ms_per_op"),
 ]:
-    ratios = per_rep_ratios(mode, field)
+    ratios = per_pair_ratios(mode, field)
     if ratios:
         print(f"- per pair, {label} (p/n, sorted): " + ", ".join(f"{x:.2f}" for x in ratios)
               + f"; median {statistics.median(ratios):.2f}")
