@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::idle::{Activity, Tracked};
 use super::revocation::{self, Admitted, Credential};
-use super::{Shared, contains, proxy_protocol, reason};
+use super::{Shared, contains, h1, proxy_protocol, reason};
 use crate::admission::CookieMint;
 use crate::snapshot::{Fingerprint, fingerprint};
 
@@ -179,23 +179,34 @@ pub async fn handle(
             None => std::future::pending().await,
         }
     };
-    let io = TokioIo::new(tls);
     let serving: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> = if h2 {
         let mut http = http2::Builder::new(TokioExecutor::new());
         http.timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_h2_streams)
             .max_header_list_size(limits.max_header_bytes as u32);
-        Box::pin(http.serve_connection(io, service))
+        Box::pin(http.serve_connection(TokioIo::new(tls), service))
     } else {
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            // max_header_size is the exact bound on the head (431 beyond it); max_buf_size
-            // alone is only checked while a head is incomplete, so a large head arriving
-            // in one read slipped through.
-            .max_header_size(limits.max_header_bytes)
-            .max_buf_size(limits.max_header_bytes);
-        Box::pin(http.serve_connection(io, service).with_upgrades())
+        let (shared, info) = (shared.clone(), info.clone());
+        Box::pin(async move {
+            // The common request never reaches hyper; the first that needs it gets the
+            // connection from then on, starting with the bytes already read.
+            let io = match h1::serve(tls, shared.clone(), info).await {
+                h1::Ended::Closed => return Ok(()),
+                h1::Ended::Fallback(io) => io,
+            };
+            let limits = &shared.settings.limits;
+            let mut http = http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                // max_header_size is the exact bound on the head (431 beyond it);
+                // max_buf_size alone is only checked while a head is incomplete, so a
+                // large head arriving in one read slipped through.
+                .max_header_size(limits.max_header_bytes)
+                .max_buf_size(limits.max_header_bytes);
+            http.serve_connection(TokioIo::new(io), service)
+                .with_upgrades()
+                .await
+        })
     };
 
     // Every request on this connection is for the SNI's route (forward.rs refuses others).

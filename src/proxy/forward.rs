@@ -254,10 +254,18 @@ fn prepare(
 
 /// Lowercase host without port: the URI authority (HTTP/2, absolute-form) or `Host`.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let host = match req.uri().authority() {
-        Some(authority) => authority.host(),
-        None => host_of(req.headers().get(header::HOST)?.to_str().ok()?)?,
-    };
+    match req.uri().authority() {
+        Some(authority) => normal_host(authority.host()),
+        None => routed_host(req.headers().get(header::HOST)?.to_str().ok()?),
+    }
+}
+
+/// The routed host named by a `Host` header value.
+pub(super) fn routed_host(value: &str) -> Option<String> {
+    normal_host(host_of(value)?)
+}
+
+fn normal_host(host: &str) -> Option<String> {
     // IPv6 literals come bracketed; routes list them bare. A trailing dot names the same
     // host. Anything else odd simply matches no route.
     let host = host
@@ -323,7 +331,7 @@ async fn tunnel(
     gauge.dec();
 }
 
-fn count(shared: &Shared, route: &Route, decision: &Decision) {
+pub(super) fn count(shared: &Shared, route: &Route, decision: &Decision) {
     let reason = match decision {
         Decision::Deny(reason) => reason.as_str(),
         _ => "",

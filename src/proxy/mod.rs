@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  accept ─▶ [PROXY header, trusted peers only] ─▶ TLS (newest snapshot's config)
-//!         ─▶ hyper h1/h2 ─▶ forward::handle: admission::admit ─▶ upstream (per-worker pool)
+//!         ─▶ h1 fast path (plain admitted HTTP/1.1) ─▶ upstream (per-worker raw pool)
+//!         ─▶ hyper h1/h2 (everything else) ─▶ forward::handle: admission::admit ─▶ upstream (per-worker pool)
 //!                                   └─ 101 ─▶ tunnel (closed when its identity goes)
 //! ```
 //! Every connection reads the snapshot current at its start for TLS and the newest one
@@ -11,6 +12,7 @@
 mod admin;
 mod conn;
 mod forward;
+mod h1;
 mod headers;
 mod idle;
 mod listen;
@@ -101,6 +103,8 @@ struct Shared {
     settings: Settings,
     metrics: Arc<Metrics>,
     upstream: Arc<upstream::Pool>,
+    /// The HTTP/1.1 fast path's own idle upstream connections.
+    h1_upstream: Arc<h1::Pool>,
     shutdown: CancellationToken,
 }
 
@@ -139,6 +143,7 @@ pub async fn serve(
     for (n, listener) in listeners.into_iter().enumerate() {
         let shared = Arc::new(Shared {
             upstream: upstream::Pool::new(settings.limits.upstream_connect_timeout),
+            h1_upstream: Arc::new(h1::Pool::new(settings.limits.upstream_connect_timeout)),
             snapshots: snapshots.clone(),
             settings: settings.clone(),
             metrics: metrics.clone(),
@@ -176,12 +181,13 @@ fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, slots: Arc<Semap
         }
     };
     runtime.block_on(async {
-        let pool = shared.upstream.clone();
+        let (pool, h1_pool) = (shared.upstream.clone(), shared.h1_upstream.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(upstream::IDLE_TIMEOUT / 4);
             loop {
                 every.tick().await;
                 pool.close_idle();
+                h1_pool.close_idle();
             }
         });
         match TcpListener::from_std(listener) {

@@ -123,17 +123,7 @@ impl Pool {
         &self,
         upstream: &Authority,
     ) -> Result<SendRequest<RequestBody>, UpstreamError> {
-        // IPv6 literals come bracketed in an authority.
-        let host = upstream
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let addr = (host, upstream.port_u16().unwrap_or(80));
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout(upstream.clone()))?
-            .map_err(|e| UpstreamError::Connect(upstream.clone(), e))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = dial(upstream, self.connect_timeout).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| UpstreamError::Http(upstream.clone(), e))?;
@@ -179,6 +169,22 @@ impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Opens a TCP connection to `upstream` (`host:port`, port 80 by default).
+pub async fn dial(upstream: &Authority, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    // IPv6 literals come bracketed in an authority.
+    let host = upstream
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let addr = (host, upstream.port_u16().unwrap_or(80));
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(upstream.clone()))?
+        .map_err(|e| UpstreamError::Connect(upstream.clone(), e))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// A response body from the upstream that returns its connection to the pool once read

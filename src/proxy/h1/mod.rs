@@ -1,0 +1,407 @@
+//! The HTTP/1.1 fast path: the common request forwarded in the connection's own task.
+//!
+//! ```text
+//!  client bytes ─▶ httparse head ─▶ plain and admitted? ──no──▶ hyper (Rewind: from this
+//!                                        │ yes                   request on, for good)
+//!                                        ▼
+//!        upstream head written once ─▶ pooled TCP connection ─▶ response head (httparse)
+//!        ─▶ framing: Content-Length | chunked (re-encoded) | until close | none
+//!        ─▶ client head + body, Set-Cookie when due ─▶ next request
+//! ```
+//! hyper's server and client each run their own state machine and hand every request and
+//! body across tasks and channels; for a keep-alive request that is most of the gate's
+//! cost above TLS. Here one task reads the head, writes it to a pooled upstream socket,
+//! and copies the response back. Everything unusual — refusals, upgrades, chunked or
+//! `Expect` requests, odd targets, HTTP/1.0 — goes to hyper, which answers it exactly as
+//! before; the fast path never answers a client's mistake itself.
+
+mod chunked;
+mod pool;
+mod request;
+mod response;
+mod rewind;
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+
+pub use pool::Pool;
+pub use rewind::Rewind;
+
+use super::Shared;
+use super::conn::ConnInfo;
+use super::revocation::{self, Admitted};
+use crate::admission::Decision;
+use request::{Forward, Head};
+use response::{ClientSide, Final, Framing};
+
+/// How the fast path let go of a connection.
+pub enum Ended<T> {
+    /// Closed, or to be closed.
+    Closed,
+    /// hyper serves the rest, starting with the bytes already read.
+    Fallback(Rewind<T>),
+}
+
+/// Why one exchange ended the connection.
+enum Stop {
+    /// Close the client connection (an answer, if any, was written).
+    Close,
+}
+
+/// Read size for both sides.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Serves HTTP/1.1 requests on `client` until it closes or a request needs hyper.
+pub async fn serve<T>(client: T, shared: Arc<Shared>, conn: Arc<ConnInfo>) -> Ended<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session {
+        client,
+        shared,
+        conn,
+        from_client: BytesMut::with_capacity(READ_CHUNK),
+        from_upstream: BytesMut::new(),
+        to_upstream: Vec::new(),
+        to_client: Vec::new(),
+    };
+    loop {
+        let (forward, head_len) = match session.next_request().await {
+            Some(Ok(next)) => next,
+            Some(Err(())) => {
+                let Session {
+                    client,
+                    from_client,
+                    ..
+                } = session;
+                return Ended::Fallback(Rewind::new(from_client.freeze(), client));
+            }
+            None => return Ended::Closed,
+        };
+        session.from_client.advance(head_len);
+        match session.exchange(&forward).await {
+            Ok(()) => {}
+            Err(Stop::Close) => {
+                let _ = session.client.shutdown().await;
+                return Ended::Closed;
+            }
+        }
+    }
+}
+
+/// One client connection on the fast path, with its buffers.
+struct Session<T> {
+    client: T,
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    /// Read from the client, not yet used: the next head, a body, pipelined requests.
+    from_client: BytesMut,
+    from_upstream: BytesMut,
+    /// The request head (and the body bytes already read) for the upstream.
+    to_upstream: Vec<u8>,
+    to_client: Vec<u8>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
+    /// The next request head: `Some(Err)` to fall back to hyper, `None` when the client
+    /// closed, failed or stayed silent past the header-read timeout (also the keep-alive
+    /// idle limit).
+    async fn next_request(&mut self) -> Option<Result<(Box<Forward>, usize), ()>> {
+        let deadline = Instant::now() + self.shared.settings.limits.header_read_timeout;
+        loop {
+            if !self.from_client.is_empty() {
+                // The newest snapshot: a revoke applies to the very next request.
+                let Some(snapshot) = self.shared.snapshots.borrow().clone() else {
+                    return Some(Err(())); // hyper answers "no configuration yet"
+                };
+                match request::read(
+                    &self.from_client,
+                    &self.shared,
+                    &self.conn,
+                    &snapshot,
+                    &mut self.to_upstream,
+                ) {
+                    Head::Forward(forward, len) => return Some(Ok((forward, len))),
+                    Head::Fallback => return Some(Err(())),
+                    Head::Partial => {}
+                }
+            }
+            self.from_client.reserve(READ_CHUNK);
+            match timeout_at(deadline, self.client.read_buf(&mut self.from_client)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Forwards one admitted request and its response.
+    async fn exchange(&mut self, forward: &Forward) -> Result<(), Stop> {
+        let upstream = &forward.route.upstream;
+        let shared = self.shared.clone();
+        let pool = &shared.h1_upstream;
+        // The body bytes already read go out with the head.
+        let buffered = usize::try_from(forward.body_len)
+            .unwrap_or(usize::MAX)
+            .min(self.from_client.len());
+        self.to_upstream
+            .extend_from_slice(&self.from_client[..buffered]);
+        self.from_client.advance(buffered);
+        let body_left = forward.body_len - buffered as u64;
+        // A request held whole in memory, safe to repeat, may go again on a fresh
+        // connection if a pooled one turns out closed (the upstream's keep-alive timer won).
+        let mut retry = forward.idempotent && body_left == 0;
+
+        let (mut tcp, mut pooled) = match pool.take(upstream) {
+            Some(tcp) => (tcp, true),
+            None => match pool.connect(upstream).await {
+                Ok(tcp) => (tcp, false),
+                Err(e) => return self.upstream_failed(forward, &e, body_left).await,
+            },
+        };
+        let head = loop {
+            match self.send(&mut tcp, forward, body_left).await? {
+                Ok(head) => break head,
+                Err(e) if pooled && retry => {
+                    tracing::debug!(error = %e, "pooled upstream connection closed; retrying");
+                    tcp = match pool.connect(upstream).await {
+                        Ok(tcp) => tcp,
+                        Err(e) => return self.upstream_failed(forward, &e, body_left).await,
+                    };
+                    (pooled, retry) = (false, false);
+                }
+                Err(e) => return self.upstream_failed(forward, &e, body_left).await,
+            }
+        };
+        let reusable = self.relay(&mut tcp, forward, head).await?;
+        if reusable && self.from_upstream.is_empty() {
+            pool.put(upstream, tcp);
+        }
+        if forward.close || head.framing == Framing::UntilClose {
+            return Err(Stop::Close);
+        }
+        Ok(())
+    }
+
+    /// A 502 for a request the upstream did not answer. The connection stays open unless
+    /// a request body may still be on its way.
+    async fn upstream_failed(
+        &mut self,
+        forward: &Forward,
+        error: &(dyn std::error::Error + Send + Sync),
+        body_left: u64,
+    ) -> Result<(), Stop> {
+        tracing::warn!(route = %forward.route.name, upstream = %forward.route.upstream, error = %error, "upstream unreachable");
+        self.answer(BAD_GATEWAY, forward.close || body_left > 0)
+            .await
+    }
+
+    /// Writes the request to `tcp` and reads the final response head, written for the
+    /// client into `to_client`. The outer error ends the client connection (an answer was
+    /// given); the inner one is the upstream's failure, which may be retried.
+    async fn send(
+        &mut self,
+        tcp: &mut TcpStream,
+        forward: &Forward,
+        body_left: u64,
+    ) -> Result<Result<Final, std::io::Error>, Stop> {
+        if let Err(e) = tcp.write_all(&self.to_upstream).await {
+            return Ok(Err(e));
+        }
+        if body_left > 0 {
+            self.stream_body(tcp, body_left).await?;
+        }
+        self.from_upstream.clear();
+        let side = ClientSide {
+            head_only: forward.head_only,
+            set_cookie: forward.set_cookie.as_ref(),
+            close: forward.close,
+        };
+        loop {
+            match response::read(&self.from_upstream, &side, &mut self.to_client) {
+                Ok(response::Head::Final(head)) => return Ok(Ok(head)),
+                Ok(response::Head::Interim(len)) => self.from_upstream.advance(len),
+                Ok(response::Head::Partial) => {
+                    self.from_upstream.reserve(READ_CHUNK);
+                    match tcp.read_buf(&mut self.from_upstream).await {
+                        Ok(0) => {
+                            return Ok(Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "closed before a complete response head",
+                            )));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+                Err(bad) => return Ok(Err(std::io::Error::other(bad))),
+            }
+        }
+    }
+
+    /// Copies the rest of a `Content-Length` request body from the client, each read
+    /// within the body idle timeout.
+    async fn stream_body(&mut self, tcp: &mut TcpStream, mut left: u64) -> Result<(), Stop> {
+        let idle = self.shared.settings.limits.body_idle_timeout;
+        while left > 0 {
+            self.from_client.reserve(READ_CHUNK);
+            match timeout(idle, self.client.read_buf(&mut self.from_client)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(Stop::Close), // The client left mid-body.
+                Err(_) => {
+                    tracing::info!(client = %self.conn.client.ip(), "request body stalled");
+                    self.answer(REQUEST_TIMEOUT, true).await?;
+                    return Err(Stop::Close);
+                }
+            }
+            let take = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.from_client.len());
+            if tcp.write_all(&self.from_client[..take]).await.is_err() {
+                self.answer(BAD_GATEWAY, true).await?;
+                return Err(Stop::Close);
+            }
+            self.from_client.advance(take);
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends the response head in `to_client` and the body framed by `head`; returns
+    /// whether the upstream connection ended cleanly at the body's end.
+    async fn relay(
+        &mut self,
+        tcp: &mut TcpStream,
+        forward: &Forward,
+        head: Final,
+    ) -> Result<bool, Stop> {
+        self.from_upstream.advance(head.head_len);
+        let mut body = Body::new(head.framing);
+        // What arrived with the head goes out with it, in one write.
+        if let Err(e) = body.take(&mut self.from_upstream, &mut self.to_client) {
+            self.upstream_failed(forward, &e, 0).await?;
+            return Ok(false);
+        }
+        self.write_to_client().await?;
+        if !body.done() {
+            // A response that outlives its request (an event stream, a camera feed) ends
+            // once the cookie it was admitted with no longer holds; a certificate
+            // connection is closed as a whole by conn.rs.
+            let gone = match &forward.decision {
+                Decision::Cookie { cert } => {
+                    Some(Admitted::serial_on(&cert.serial_hex, &forward.host))
+                }
+                _ => None,
+            };
+            let gone = revocation::gone(self.shared.snapshots.clone(), gone);
+            tokio::select! {
+                copied = self.copy_body(tcp, &mut body) => copied?,
+                () = gone => return Err(Stop::Close),
+            }
+        }
+        Ok(head.reusable)
+    }
+
+    async fn copy_body(&mut self, tcp: &mut TcpStream, body: &mut Body) -> Result<(), Stop> {
+        while !body.done() {
+            self.from_upstream.reserve(READ_CHUNK);
+            match tcp.read_buf(&mut self.from_upstream).await {
+                Ok(0) if body.framing == Framing::UntilClose => body.framing = Framing::Empty,
+                // Cut short: the client must not take a partial body for a whole one.
+                Ok(0) | Err(_) => return Err(Stop::Close),
+                Ok(_) => {}
+            }
+            body.take(&mut self.from_upstream, &mut self.to_client)
+                .map_err(|_| Stop::Close)?;
+            self.write_to_client().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_to_client(&mut self) -> Result<(), Stop> {
+        if !self.to_client.is_empty() {
+            let written = self.client.write_all(&self.to_client).await;
+            self.to_client.clear();
+            written.map_err(|_| Stop::Close)?;
+        }
+        self.client.flush().await.map_err(|_| Stop::Close)
+    }
+
+    /// A short answer of the gate's own (the request could not be forwarded).
+    async fn answer(&mut self, answer: Answer, close: bool) -> Result<(), Stop> {
+        self.to_client.clear();
+        let (status, text) = answer;
+        for part in [
+            "HTTP/1.1 ",
+            status,
+            "\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
+            &text.len().to_string(),
+            if close { "\r\nconnection: close" } else { "" },
+            "\r\n\r\n",
+            text,
+        ] {
+            self.to_client.extend_from_slice(part.as_bytes());
+        }
+        self.write_to_client().await?;
+        if close { Err(Stop::Close) } else { Ok(()) }
+    }
+}
+
+type Answer = (&'static str, &'static str);
+const BAD_GATEWAY: Answer = ("502 Bad Gateway", "the upstream service is not reachable\n");
+const REQUEST_TIMEOUT: Answer = ("408 Request Timeout", "the request body stopped arriving\n");
+
+/// A response body in transit.
+struct Body {
+    framing: Framing,
+    /// Bytes still due under `Content-Length`.
+    left: u64,
+    chunks: chunked::Decoder,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunks: chunked::Decoder::default(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self.framing {
+            Framing::Empty => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunks.is_done(),
+            Framing::UntilClose => false,
+        }
+    }
+
+    /// Moves what `input` holds of this body to `out`, leaving any bytes past its end.
+    fn take(&mut self, input: &mut BytesMut, out: &mut Vec<u8>) -> Result<(), chunked::BadChunk> {
+        let used = match self.framing {
+            Framing::Empty => 0,
+            Framing::Length(_) => {
+                let n = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                out.extend_from_slice(&input[..n]);
+                self.left -= n as u64;
+                n
+            }
+            Framing::Chunked => self.chunks.decode(input, out)?,
+            Framing::UntilClose => {
+                out.extend_from_slice(input);
+                input.len()
+            }
+        };
+        input.advance(used);
+        Ok(())
+    }
+}

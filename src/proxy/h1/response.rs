@@ -1,0 +1,300 @@
+//! Reading the upstream's response head, deciding its framing, and writing the head the
+//! client gets.
+//!
+//! The framing is decided strictly (RFC 9112 §6.3): a response whose length is ambiguous
+//! is refused with a 502 rather than guessed, because a wrong guess on a pooled
+//! connection would hand one client's response to the next request.
+
+use http::HeaderValue;
+
+/// Largest response head read from an upstream.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a `HEAD` request, 204 or 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Delimited by the upstream closing the connection.
+    UntilClose,
+}
+
+/// A final response head, its client version already written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Final {
+    pub head_len: usize,
+    pub framing: Framing,
+    /// The upstream connection may carry another request after this body.
+    pub reusable: bool,
+}
+
+/// What the bytes read from the upstream so far hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    Partial,
+    /// An interim (1xx) response of this many bytes, dropped as hyper's client does.
+    Interim(usize),
+    Final(Final),
+}
+
+/// The upstream's response cannot be forwarded safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unusable response from the upstream: {0}")]
+pub struct BadResponse(pub &'static str);
+
+/// What the client's response head needs besides the upstream's.
+pub struct ClientSide<'a> {
+    /// The request was `HEAD`.
+    pub head_only: bool,
+    pub set_cookie: Option<&'a HeaderValue>,
+    /// Close the client connection after this response.
+    pub close: bool,
+}
+
+/// Parses the response head at the start of `buf`; for a final response, writes the head
+/// for the client into `out`.
+pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<Head, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(Head::Partial),
+        Ok(httparse::Status::Partial) => return Err(BadResponse("head too large")),
+        Err(_) => return Err(BadResponse("malformed head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    match status {
+        101 => return Err(BadResponse("upgrade that was not asked for")),
+        100..=199 => return Ok(Head::Interim(head_len)),
+        _ => {}
+    }
+
+    let mut named: Vec<&str> = Vec::new();
+    let mut upstream_close = resp.version != Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for h in resp.headers.iter() {
+        let is = |s: &str| h.name.eq_ignore_ascii_case(s);
+        if is("connection") {
+            for token in std::str::from_utf8(h.value).unwrap_or_default().split(',') {
+                let token = token.trim();
+                upstream_close |= token.eq_ignore_ascii_case("close");
+                named.push(token);
+            }
+        } else if is("content-length") {
+            let n = parse_length(h.value).ok_or(BadResponse("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadResponse("conflicting Content-Length"));
+            }
+            length = Some(n);
+        } else if is("transfer-encoding") {
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(BadResponse("Transfer-Encoding other than chunked"));
+            }
+            chunked = true;
+        }
+    }
+    let framing = match (status, chunked, length) {
+        _ if client.head_only => Framing::Empty,
+        (204 | 304, ..) => Framing::Empty,
+        (_, true, Some(_)) => return Err(BadResponse("both Content-Length and chunked")),
+        (_, true, None) => Framing::Chunked,
+        (_, false, Some(n)) => Framing::Length(n),
+        (_, false, None) => Framing::UntilClose,
+    };
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&status_digits(status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let hop = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+            || named.iter().any(|n| h.name.eq_ignore_ascii_case(n));
+        // The gate's own framing replaces the upstream's.
+        let framing_header =
+            h.name.eq_ignore_ascii_case("content-length") && framing == Framing::Chunked;
+        if !hop && !framing_header {
+            header(out, h.name.as_bytes(), h.value);
+        }
+    }
+    if framing == Framing::Chunked {
+        header(out, b"transfer-encoding", b"chunked");
+    }
+    if client.close || framing == Framing::UntilClose {
+        header(out, b"connection", b"close");
+    }
+    if let Some(cookie) = client.set_cookie {
+        header(out, b"set-cookie", cookie.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+
+    Ok(Head::Final(Final {
+        head_len,
+        framing,
+        reusable: !upstream_close && framing != Framing::UntilClose,
+    }))
+}
+
+/// Headers that describe one hop (RFC 9110 §7.6.1, and the proxy ones).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The three digits of a status code (httparse reads exactly three).
+fn status_digits(status: u16) -> [u8; 3] {
+    let digit = |n: u16| b'0' + (n % 10) as u8;
+    [digit(status / 100), digit(status / 10), digit(status)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientSide<'static> {
+        ClientSide {
+            head_only: false,
+            set_cookie: None,
+            close: false,
+        }
+    }
+
+    fn parse(raw: &str) -> (Result<Head, BadResponse>, String) {
+        let mut out = Vec::new();
+        let head = read(raw.as_bytes(), &client(), &mut out);
+        (head, String::from_utf8(out).expect("ascii"))
+    }
+
+    fn framing(raw: &str) -> Result<(Framing, bool), BadResponse> {
+        match parse(raw).0? {
+            Head::Final(f) => Ok((f.framing, f.reusable)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let ok = |raw: &str| framing(raw).expect(raw);
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nContent-Length: 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, false));
+        assert_eq!(
+            ok("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 204 No Content\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"),
+            (Framing::Length(5), false)
+        );
+        assert_eq!(
+            ok("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            (Framing::Length(5), false)
+        );
+    }
+
+    #[test]
+    fn ambiguous_lengths_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            assert!(framing(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let raw = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n";
+        assert_eq!(parse(raw).0, Ok(Head::Interim(44)));
+        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Le").0, Ok(Head::Partial));
+    }
+
+    #[test]
+    fn client_head_drops_hop_by_hop_and_connection_named_headers() {
+        let (_, out) = parse(
+            "HTTP/1.1 200 Fine\r\nConnection: keep-alive, X-Up-Secret\r\nX-Up-Secret: 1\r\n\
+             Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTrailer: X\r\n\
+             Content-Type: text/plain\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 Fine\r\nContent-Type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn client_head_carries_cookie_and_close() {
+        let cookie = HeaderValue::from_static("__Host-p=v1.x; Path=/");
+        let side = ClientSide {
+            head_only: true,
+            set_cookie: Some(&cookie),
+            close: true,
+        };
+        let mut out = Vec::new();
+        let head = read(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            &side,
+            &mut out,
+        );
+        assert!(matches!(
+            head,
+            Ok(Head::Final(Final {
+                framing: Framing::Empty,
+                ..
+            }))
+        ));
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nconnection: close\r\n\
+             set-cookie: __Host-p=v1.x; Path=/\r\n\r\n"
+        );
+    }
+}
