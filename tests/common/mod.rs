@@ -6,6 +6,8 @@
 //! Everything binds `127.0.0.1:0`, so tests run in parallel without sharing anything.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
