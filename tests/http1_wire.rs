@@ -287,6 +287,15 @@ async fn next_request_is_answered(wire: &mut TlsWire, path: &str) {
     assert_answers(&resp, path);
 }
 
+/// A client WebSocket text frame (masked, as clients must) carrying `payload` (< 126 bytes).
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 // ───────────────────────── 1–3. request framing ─────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,6 +401,72 @@ async fn empty_and_trickled_request_bodies_arrive_whole() -> R {
     assert_eq!(echo.body_len, 9);
     assert_eq!(echo.body_sha256, sha256_hex(b"wikipedia"));
     assert_eq!(wire.response("GET").await?.echo().path, "/after-chunked");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_plain_chunked_and_expect_requests_keep_their_order_and_bytes() -> R {
+    let e = env().await;
+    let mut wire = e.wire().await;
+    // Requests of every kind in one write, so whatever reads the first one has already
+    // buffered the rest: none may be lost, reordered or merged.
+    let mut batch = get_bytes("/a");
+    batch += &format!(
+        "POST /b HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n"
+    );
+    batch += &get_bytes("/c");
+    batch += &format!(
+        "POST /d HTTP/1.1\r\nHost: {HOST}\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc"
+    );
+    batch += &get_bytes("/e");
+    wire.send(batch).await?;
+    let mut got = Vec::new();
+    for method in ["GET", "POST", "GET", "POST", "GET"] {
+        let (_, resp) = wire.final_response(method).await?;
+        let echo = resp.echo();
+        got.push((echo.path, echo.body_len, echo.body_sha256));
+    }
+    let empty = sha256_hex(b"");
+    assert_eq!(
+        got,
+        [
+            ("/a".to_owned(), 0, empty.clone()),
+            ("/b".to_owned(), 9, sha256_hex(b"wikipedia")),
+            ("/c".to_owned(), 0, empty.clone()),
+            ("/d".to_owned(), 3, sha256_hex(b"abc")),
+            ("/e".to_owned(), 0, empty),
+        ]
+    );
+    next_echo(&mut wire, "/f").await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_is_decided_per_request_on_a_pipelined_connection() -> R {
+    let e = env().await;
+    let earned = e.gate.client().cert(&e.alice).get("/").await?;
+    let cookie = earned
+        .gate_cookie()
+        .expect("a certificate request earns a cookie");
+    let with = |path: &str| get_with(path, &format!("Cookie: {}\r\n", cookie_header(&cookie)));
+    // No certificate on this connection: each request stands on its own cookie.
+    let mut wire = e.anon().await;
+    wire.send(with("/x") + &get_bytes("/denied") + &with("/z"))
+        .await?;
+    let x = wire.response("GET").await?;
+    assert_eq!(x.echo().path, "/x");
+    assert_eq!(x.echo().header("x-portcullis-identity"), Some("alice"));
+    let denied = wire.response("GET").await?;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    let z = wire.response("GET").await?;
+    assert_eq!(z.echo().path, "/z");
+    // And the other way round: a denied request first.
+    wire.send(get_bytes("/denied-2") + &with("/w")).await?;
+    assert_eq!(wire.response("GET").await?.status, 403);
+    assert_eq!(wire.response("GET").await?.echo().path, "/w");
+    let seen: Vec<String> = e.up.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(seen, ["/", "/x", "/z", "/w"]);
     Ok(())
 }
 
@@ -1156,11 +1231,7 @@ async fn websocket_upgrade_after_plain_requests_on_one_connection() -> R {
     let (mut tls, leftover) = wire.into_parts();
     assert!(leftover.is_empty(), "bytes after the 101: {leftover:?}");
     let payload = b"through the tunnel";
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    tls.write_all(&frame).await?;
+    tls.write_all(&masked_text_frame(payload)).await?;
     let mut echoed = vec![0u8; 2 + payload.len()];
     tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut echoed)).await??;
     assert_eq!(echoed[..2], [0x81, payload.len() as u8]);
@@ -1168,6 +1239,38 @@ async fn websocket_upgrade_after_plain_requests_on_one_connection() -> R {
 
     let seen: Vec<String> = e.up.seen().into_iter().map(|s| s.path).collect();
     assert_eq!(seen, ["/a", "/b", "/api/websocket"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_pipelined_behind_plain_requests_in_one_write() -> R {
+    let e = env().await;
+    let mut wire = e.wire().await;
+    let key = "x3JJHMbDL1EzLkh9GBhXDw==";
+    let upgrade = get_with(
+        "/api/websocket",
+        &format!(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
+             Sec-WebSocket-Version: 13\r\n"
+        ),
+    );
+    wire.send(get_bytes("/a") + &get_bytes("/b") + &upgrade)
+        .await?;
+    assert_eq!(wire.response("GET").await?.echo().path, "/a");
+    assert_eq!(wire.response("GET").await?.echo().path, "/b");
+    let resp = wire.response("GET").await?;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(
+        resp.header("sec-websocket-accept"),
+        Some(derive_accept_key(key.as_bytes()))
+    );
+    let (mut tls, leftover) = wire.into_parts();
+    assert!(leftover.is_empty(), "bytes after the 101: {leftover:?}");
+    let frame = masked_text_frame(b"pipelined");
+    tls.write_all(&frame).await?;
+    let mut echoed = [0u8; 2 + 9];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut echoed)).await??;
+    assert_eq!(&echoed, b"\x81\x09pipelined");
     Ok(())
 }
 
