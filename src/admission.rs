@@ -195,7 +195,9 @@ fn is_canonical_path(path: &str) -> bool {
     let mut segments = path[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
-        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+        // Servlet containers read `..;x` (a path parameter) as `..`.
+        let name = segment.split(';').next().unwrap_or(segment);
+        if name == "." || name == ".." || (segment.is_empty() && !last) {
             return false;
         }
     }

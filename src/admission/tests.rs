@@ -380,6 +380,9 @@ fn bypass_needs_prefix_method_and_a_canonical_path() {
     for trick in [
         "/api/webhook/../config",
         "/api/webhook/./x",
+        "/api/webhook/..;/config",
+        "/api/webhook/..;jsessionid=x/config",
+        "/api/webhook/.;/x",
         "/api/webhook/%2e%2e/config",
         "/api/webhook/%2E%2E/config",
         "/api/webhook/..%2fconfig",

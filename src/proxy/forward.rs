@@ -43,6 +43,14 @@ pub async fn handle(
             "CONNECT is not supported\n",
         ));
     }
+    // RFC 9112 §3.2: the target is ASCII; raw UTF-8 would reach the upstream unescaped.
+    if !req
+        .uri()
+        .path_and_query()
+        .is_none_or(|pq| pq.as_str().is_ascii())
+    {
+        return Ok(plain(StatusCode::BAD_REQUEST, "invalid request target\n"));
+    }
     let Some(host) = request_host(&req) else {
         return Ok(plain(
             StatusCode::BAD_REQUEST,
@@ -154,6 +162,11 @@ pub async fn handle(
         return Ok(resp.map(|b| b.boxed()));
     }
 
+    // A chunked body's length is the chunks' (RFC 9112 §6.3): a Content-Length next to
+    // it would mis-frame the body hyper re-frames for the client.
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     headers::strip_hop_by_hop(resp.headers_mut(), false);
     if let Some(cookie) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -256,7 +269,15 @@ fn prepare(
 fn request_host<B>(req: &Request<B>) -> Option<String> {
     match req.uri().authority() {
         Some(authority) => normal_host(authority.host()),
-        None => routed_host(req.headers().get(header::HOST)?.to_str().ok()?),
+        None => {
+            // Two Host lines are a 400 (RFC 9112 §3.2): which one a server reads differs.
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            let host = hosts.next()?;
+            if hosts.next().is_some() {
+                return None;
+            }
+            routed_host(host.to_str().ok()?)
+        }
     }
 }
 
