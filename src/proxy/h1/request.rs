@@ -5,6 +5,7 @@
 //! `Upgrade` or `Expect`, and admitted (certificate, cookie or bypass). Anything else —
 //! including every refusal — falls back to hyper, which answers it as it always has.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -104,9 +105,10 @@ pub fn read(
     out: &mut Vec<u8>,
 ) -> Head {
     let max = shared.settings.limits.max_header_bytes;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    // Left uninitialised: httparse writes only the headers it finds.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) if len <= max => len,
         Ok(httparse::Status::Partial) if buf.len() < max => return Head::Partial,
         _ => return Head::Fallback,

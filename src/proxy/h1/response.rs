@@ -5,6 +5,8 @@
 //! is refused with a 502 rather than guessed, because a wrong guess on a pooled
 //! connection would hand one client's response to the next request.
 
+use std::mem::MaybeUninit;
+
 use http::HeaderValue;
 
 /// Largest response head read from an upstream.
@@ -57,9 +59,14 @@ pub struct ClientSide<'a> {
 /// Parses the response head at the start of `buf`; for a final response, writes the head
 /// for the client into `out`.
 pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<Head, BadResponse> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(Head::Partial),
         Ok(httparse::Status::Partial) => return Err(BadResponse("head too large")),
