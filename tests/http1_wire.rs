@@ -729,6 +729,27 @@ async fn upstream_transfer_encoding_overrides_its_content_length() -> R {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_served_by_the_hyper_fallback_keep_the_same_upstream_framing_rules() -> R {
+    let e = raw_env().await;
+    // A chunked request body is never forwarded by the fast path: these go through hyper.
+    let chunked_post = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n\
+             3\r\nabc\r\n0\r\n\r\n"
+        )
+    };
+    let mut wire = e.wire().await;
+    let resp = wire.roundtrip("POST", chunked_post("/te-gzip")).await?;
+    assert_eq!(resp.status, 502, "an undeclared coding: {resp:?}");
+    let resp = wire.roundtrip("POST", chunked_post("/te-and-cl")).await?;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert!(resp.complete && !resp.has("content-length"), "{resp:?}");
+    assert_eq!(resp.text(), "hello");
+    next_request_is_answered(&mut wire, "/next").await;
+    Ok(())
+}
+
 /// The client's view of a response whose upstream failed while it was under way: a 502,
 /// or the head followed by a body cut short and the connection closed — never a response
 /// that looks complete, never upstream junk, never silence. `Err` says what went wrong.

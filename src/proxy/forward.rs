@@ -163,8 +163,20 @@ pub async fn handle(
     }
 
     // A chunked body's length is the chunks' (RFC 9112 §6.3): a Content-Length next to
-    // it would mis-frame the body hyper re-frames for the client.
-    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+    // it would mis-frame the body hyper re-frames for the client. Any other transfer
+    // coding would reach the client undeclared once the hop-by-hop header goes.
+    let codings = resp.headers().get_all(header::TRANSFER_ENCODING);
+    if codings.iter().next().is_some() {
+        if !codings
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        {
+            tracing::warn!(route = %route.name, upstream = %route.upstream, "upstream sent a transfer coding other than chunked");
+            return Ok(plain(
+                StatusCode::BAD_GATEWAY,
+                "the upstream service is not reachable\n",
+            ));
+        }
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
     headers::strip_hop_by_hop(resp.headers_mut(), false);

@@ -261,6 +261,56 @@ mod tests {
         assert!(data_len > 0xffff);
     }
 
+    /// The data inside canonical chunks, in order.
+    fn dechunk(mut canonical: &[u8]) -> Vec<u8> {
+        let mut data = Vec::new();
+        loop {
+            let line = canonical
+                .iter()
+                .position(|&b| b == b'\r')
+                .expect("size line");
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&canonical[..line]).expect("hex"), 16)
+                    .expect("size");
+            canonical = &canonical[line + 2..];
+            if size == 0 {
+                assert_eq!(canonical, b"\r\n");
+                return data;
+            }
+            data.extend_from_slice(&canonical[..size]);
+            assert_eq!(&canonical[size..size + 2], b"\r\n");
+            canonical = &canonical[size + 2..];
+        }
+    }
+
+    #[test]
+    fn random_bodies_split_anywhere_decode_to_the_same_data() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let mut wire = Vec::new();
+            let mut data = Vec::new();
+            for _ in 0..rng.gen_range(0..6) {
+                let chunk: Vec<u8> = (0..rng.gen_range(1..300)).map(|_| rng.r#gen()).collect();
+                let ext = if rng.gen_bool(0.3) { ";a=b" } else { "" };
+                wire.extend_from_slice(format!("{:X}{ext}\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(&chunk);
+                wire.extend_from_slice(b"\r\n");
+                data.extend_from_slice(&chunk);
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if rng.gen_bool(0.3) {
+                wire.extend_from_slice(b"X-Trailer: 1\r\n");
+            }
+            wire.extend_from_slice(b"\r\nNEXT");
+            let step = rng.gen_range(1..64);
+            let (out, consumed, done) = decode_in_steps(&wire, step).expect("valid");
+            assert!(done);
+            assert_eq!(&wire[consumed..], b"NEXT", "step {step}");
+            assert_eq!(dechunk(&out), data, "step {step}");
+        }
+    }
+
     #[test]
     fn chunk_sizes_are_written_in_hex() {
         let mut out = Vec::new();

@@ -46,10 +46,17 @@ pub enum Ended<T> {
     Fallback(Rewind<T>),
 }
 
-/// Why one exchange ended the connection.
-enum Stop {
-    /// Close the client connection (an answer, if any, was written).
-    Close,
+/// The client connection is to be closed (an answer, if any, was written).
+struct Close;
+
+/// What the client sent next.
+enum Next {
+    /// A request head of this many bytes that the fast path forwards.
+    Request(Box<Forward>, usize),
+    /// A request hyper answers; it takes the connection from here on.
+    Fallback,
+    /// Nothing: the client closed, failed or stayed silent too long.
+    Closed,
 }
 
 /// Read size for both sides.
@@ -71,8 +78,8 @@ where
     };
     loop {
         let (forward, head_len) = match session.next_request().await {
-            Some(Ok(next)) => next,
-            Some(Err(())) => {
+            Next::Request(forward, head_len) => (forward, head_len),
+            Next::Fallback => {
                 let Session {
                     client,
                     from_client,
@@ -80,16 +87,14 @@ where
                 } = session;
                 return Ended::Fallback(Rewind::new(from_client.freeze(), client));
             }
-            None => return Ended::Closed,
+            Next::Closed => return Ended::Closed,
         };
         session.from_client.advance(head_len);
-        match session.exchange(&forward).await {
-            Ok(()) => {}
-            Err(Stop::Close) => {
-                let _ = session.client.shutdown().await;
-                return Ended::Closed;
-            }
+        if session.exchange(&forward).await.is_err() {
+            let _ = session.client.shutdown().await;
+            return Ended::Closed;
         }
+        session.shrink();
     }
 }
 
@@ -107,16 +112,15 @@ struct Session<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
-    /// The next request head: `Some(Err)` to fall back to hyper, `None` when the client
-    /// closed, failed or stayed silent past the header-read timeout (also the keep-alive
-    /// idle limit).
-    async fn next_request(&mut self) -> Option<Result<(Box<Forward>, usize), ()>> {
+    /// The next request head, read within the header-read timeout (which is also the
+    /// keep-alive idle limit).
+    async fn next_request(&mut self) -> Next {
         let deadline = Instant::now() + self.shared.settings.limits.header_read_timeout;
         loop {
             if !self.from_client.is_empty() {
                 // The newest snapshot: a revoke applies to the very next request.
                 let Some(snapshot) = self.shared.snapshots.borrow().clone() else {
-                    return Some(Err(())); // hyper answers "no configuration yet"
+                    return Next::Fallback; // hyper answers "no configuration yet"
                 };
                 match request::read(
                     &self.from_client,
@@ -125,21 +129,37 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
                     &snapshot,
                     &mut self.to_upstream,
                 ) {
-                    Head::Forward(forward, len) => return Some(Ok((forward, len))),
-                    Head::Fallback => return Some(Err(())),
+                    Head::Forward(forward, len) => return Next::Request(forward, len),
+                    Head::Fallback => return Next::Fallback,
                     Head::Partial => {}
                 }
             }
             self.from_client.reserve(READ_CHUNK);
             match timeout_at(deadline, self.client.read_buf(&mut self.from_client)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
+                _ => return Next::Closed,
+            }
+        }
+    }
+
+    /// Lets go of buffers a large exchange grew, so an idle connection holds little.
+    fn shrink(&mut self) {
+        const KEEP: usize = 4 * READ_CHUNK;
+        if self.from_upstream.capacity() > KEEP {
+            self.from_upstream = BytesMut::new();
+        }
+        if self.from_client.is_empty() && self.from_client.capacity() > KEEP {
+            self.from_client = BytesMut::with_capacity(READ_CHUNK);
+        }
+        for buf in [&mut self.to_upstream, &mut self.to_client] {
+            if buf.capacity() > KEEP {
+                *buf = Vec::new();
             }
         }
     }
 
     /// Forwards one admitted request and its response.
-    async fn exchange(&mut self, forward: &Forward) -> Result<(), Stop> {
+    async fn exchange(&mut self, forward: &Forward) -> Result<(), Close> {
         let upstream = &forward.route.upstream;
         let shared = self.shared.clone();
         let pool = &shared.h1_upstream;
@@ -151,27 +171,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
             .extend_from_slice(&self.from_client[..buffered]);
         self.from_client.advance(buffered);
         let body_left = forward.body_len - buffered as u64;
-        // A request held whole in memory, safe to repeat, may go again on a fresh
-        // connection if a pooled one turns out closed (the upstream's keep-alive timer won).
-        let mut retry = forward.idempotent && body_left == 0;
-
-        let (mut tcp, mut pooled) = match pool.take(upstream) {
+        let (mut tcp, pooled) = match pool.take(upstream) {
             Some(tcp) => (tcp, true),
             None => match pool.connect(upstream).await {
                 Ok(tcp) => (tcp, false),
                 Err(e) => return self.upstream_failed(forward, &e, body_left).await,
             },
         };
+        // A request held whole in memory, safe to repeat, goes again on a fresh connection
+        // if the pooled one turns out closed (the upstream's keep-alive timer won the race).
+        let mut retry = pooled && forward.idempotent && body_left == 0;
         let head = loop {
             match self.send(&mut tcp, forward, body_left).await? {
                 Ok(head) => break head,
-                Err(e) if pooled && retry => {
+                Err(e) if retry => {
                     tracing::debug!(error = %e, "pooled upstream connection closed; retrying");
                     tcp = match pool.connect(upstream).await {
                         Ok(tcp) => tcp,
                         Err(e) => return self.upstream_failed(forward, &e, body_left).await,
                     };
-                    (pooled, retry) = (false, false);
+                    retry = false;
                 }
                 Err(e) => return self.upstream_failed(forward, &e, body_left).await,
             }
@@ -181,7 +200,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
             pool.put(upstream, tcp);
         }
         if forward.close || head.framing == Framing::UntilClose {
-            return Err(Stop::Close);
+            return Err(Close);
         }
         Ok(())
     }
@@ -193,7 +212,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         forward: &Forward,
         error: &(dyn std::error::Error + Send + Sync),
         body_left: u64,
-    ) -> Result<(), Stop> {
+    ) -> Result<(), Close> {
         tracing::warn!(route = %forward.route.name, upstream = %forward.route.upstream, error = %error, "upstream unreachable");
         self.answer(BAD_GATEWAY, forward.close || body_left > 0)
             .await
@@ -207,7 +226,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         tcp: &mut TcpStream,
         forward: &Forward,
         body_left: u64,
-    ) -> Result<Result<Final, std::io::Error>, Stop> {
+    ) -> Result<Result<Final, std::io::Error>, Close> {
         if let Err(e) = tcp.write_all(&self.to_upstream).await {
             return Ok(Err(e));
         }
@@ -244,17 +263,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
 
     /// Copies the rest of a `Content-Length` request body from the client, each read
     /// within the body idle timeout.
-    async fn stream_body(&mut self, tcp: &mut TcpStream, mut left: u64) -> Result<(), Stop> {
+    async fn stream_body(&mut self, tcp: &mut TcpStream, mut left: u64) -> Result<(), Close> {
         let idle = self.shared.settings.limits.body_idle_timeout;
         while left > 0 {
             self.from_client.reserve(READ_CHUNK);
             match timeout(idle, self.client.read_buf(&mut self.from_client)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Err(Stop::Close), // The client left mid-body.
+                Ok(_) => return Err(Close), // The client left mid-body.
                 Err(_) => {
                     tracing::info!(client = %self.conn.client.ip(), "request body stalled");
                     self.answer(REQUEST_TIMEOUT, true).await?;
-                    return Err(Stop::Close);
+                    return Err(Close);
                 }
             }
             let take = usize::try_from(left)
@@ -262,7 +281,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
                 .min(self.from_client.len());
             if tcp.write_all(&self.from_client[..take]).await.is_err() {
                 self.answer(BAD_GATEWAY, true).await?;
-                return Err(Stop::Close);
+                return Err(Close);
             }
             self.from_client.advance(take);
             left -= take as u64;
@@ -277,7 +296,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         tcp: &mut TcpStream,
         forward: &Forward,
         head: Final,
-    ) -> Result<bool, Stop> {
+    ) -> Result<bool, Close> {
         self.from_upstream.advance(head.head_len);
         let mut body = Body::new(head.framing);
         // What arrived with the head goes out with it, in one write.
@@ -299,39 +318,39 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
             let gone = revocation::gone(self.shared.snapshots.clone(), gone);
             tokio::select! {
                 copied = self.copy_body(tcp, &mut body) => copied?,
-                () = gone => return Err(Stop::Close),
+                () = gone => return Err(Close),
             }
         }
         Ok(head.reusable)
     }
 
-    async fn copy_body(&mut self, tcp: &mut TcpStream, body: &mut Body) -> Result<(), Stop> {
+    async fn copy_body(&mut self, tcp: &mut TcpStream, body: &mut Body) -> Result<(), Close> {
         while !body.done() {
             self.from_upstream.reserve(READ_CHUNK);
             match tcp.read_buf(&mut self.from_upstream).await {
                 Ok(0) if body.framing == Framing::UntilClose => body.framing = Framing::Empty,
                 // Cut short: the client must not take a partial body for a whole one.
-                Ok(0) | Err(_) => return Err(Stop::Close),
+                Ok(0) | Err(_) => return Err(Close),
                 Ok(_) => {}
             }
             body.take(&mut self.from_upstream, &mut self.to_client)
-                .map_err(|_| Stop::Close)?;
+                .map_err(|_| Close)?;
             self.write_to_client().await?;
         }
         Ok(())
     }
 
-    async fn write_to_client(&mut self) -> Result<(), Stop> {
+    async fn write_to_client(&mut self) -> Result<(), Close> {
         if !self.to_client.is_empty() {
             let written = self.client.write_all(&self.to_client).await;
             self.to_client.clear();
-            written.map_err(|_| Stop::Close)?;
+            written.map_err(|_| Close)?;
         }
-        self.client.flush().await.map_err(|_| Stop::Close)
+        self.client.flush().await.map_err(|_| Close)
     }
 
     /// A short answer of the gate's own (the request could not be forwarded).
-    async fn answer(&mut self, answer: Answer, close: bool) -> Result<(), Stop> {
+    async fn answer(&mut self, answer: Answer, close: bool) -> Result<(), Close> {
         self.to_client.clear();
         let (status, text) = answer;
         for part in [
@@ -346,7 +365,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
             self.to_client.extend_from_slice(part.as_bytes());
         }
         self.write_to_client().await?;
-        if close { Err(Stop::Close) } else { Ok(()) }
+        if close { Err(Close) } else { Ok(()) }
     }
 }
 

@@ -31,6 +31,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
         let n = self.prefix.len().min(buf.remaining());
         buf.put_slice(&self.prefix[..n]);
         self.prefix.advance(n);
+        if self.prefix.is_empty() {
+            // An emptied `Bytes` still holds its buffer; a long-lived tunnel needs none.
+            self.prefix = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
