@@ -21,7 +21,7 @@ use super::idle::{self, RequestBody};
 use super::revocation::{self, Admitted};
 use super::{Body, Shared, contains};
 use crate::admission::{self, Decision, DenyReason};
-use crate::snapshot::Route;
+use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::RequestLabels;
 
 pub async fn handle(
@@ -101,19 +101,7 @@ pub async fn handle(
         );
         return Ok(denied(&req, reason));
     }
-    let set_cookie = match (&decision, &route.cookie, snapshot.cookie_keys().first()) {
-        (
-            Decision::Certificate {
-                cert,
-                cookie_due: true,
-            },
-            Some(policy),
-            Some(key),
-        ) => conn
-            .cookie_mint
-            .set_cookie(key, policy, &cert.serial_hex, &host, now),
-        _ => None,
-    };
+    let set_cookie = earned_cookie(&decision, &snapshot, &route, &conn, &host, now);
     drop(snapshot);
 
     let identity = decision.identity().map(|c| c.identity.as_str());
@@ -191,6 +179,30 @@ pub async fn handle(
         return Ok(resp.map(|body| UntilGone::new(body.boxed(), gone).boxed()));
     }
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// The `Set-Cookie` a request admitted by certificate earns when its cookie is due.
+pub(super) fn earned_cookie(
+    decision: &Decision,
+    snapshot: &Snapshot,
+    route: &Route,
+    conn: &ConnInfo,
+    host: &str,
+    now: SystemTime,
+) -> Option<HeaderValue> {
+    match (decision, &route.cookie, snapshot.cookie_keys().first()) {
+        (
+            Decision::Certificate {
+                cert,
+                cookie_due: true,
+            },
+            Some(policy),
+            Some(key),
+        ) => conn
+            .cookie_mint
+            .set_cookie(key, policy, &cert.serial_hex, host, now),
+        _ => None,
+    }
 }
 
 /// A response body cut short once the identity that was admitted no longer is.

@@ -31,6 +31,20 @@ const GATE_ONLY: [HeaderName; 7] = [
     header::FORWARDED,
 ];
 
+/// Whether `name`, in any case, is a hop-by-hop header.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+}
+
+/// Whether `name`, in any case, is a header only the gate may set.
+pub fn is_gate_only(name: &str) -> bool {
+    GATE_ONLY
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+}
+
 /// Removes every header whose name `doomed` picks, looking at each name once: most
 /// requests carry none, and then nothing is hashed or allocated.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {

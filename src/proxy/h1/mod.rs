@@ -373,6 +373,23 @@ type Answer = (&'static str, &'static str);
 const BAD_GATEWAY: Answer = ("502 Bad Gateway", "the upstream service is not reachable\n");
 const REQUEST_TIMEOUT: Answer = ("408 Request Timeout", "the request body stopped arriving\n");
 
+/// Appends `name: value` and its line end.
+fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` of digits only (no sign, no list), as RFC 9112 §6.3 allows.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// A response body in transit.
 struct Body {
     framing: Framing,
@@ -422,5 +439,27 @@ impl Body {
         };
         input.advance(used);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"42"), Some(42));
+        assert_eq!(content_length(b" 0 "), Some(0));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1,1",
+            b"0x10",
+            b"1 1",
+            b"9999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
     }
 }

@@ -12,8 +12,9 @@ use std::time::SystemTime;
 use http::{HeaderValue, Method};
 
 use super::super::conn::ConnInfo;
-use super::super::forward::{count, routed_host};
-use super::super::{Shared, contains};
+use super::super::forward::{count, earned_cookie, routed_host};
+use super::super::{Shared, contains, headers};
+use super::{content_length, write_header};
 use crate::admission::{self, Decision};
 use crate::snapshot::{Route, Snapshot};
 
@@ -73,27 +74,10 @@ fn kind(name: &str) -> Kind {
         15 if is("x-forwarded-for") => Kind::ForwardedFor,
         17 if is("transfer-encoding") => Kind::Fallback,
         14 if is("http2-settings") => Kind::Fallback,
-        _ if DROPPED.iter().any(|d| is(d)) => Kind::Drop,
+        _ if headers::is_hop_by_hop(name) || headers::is_gate_only(name) => Kind::Drop,
         _ => Kind::Forward,
     }
 }
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy ones) and the headers only the gate
-/// may set; the gate writes its own `X-Forwarded-*` and identity below.
-const DROPPED: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "x-portcullis-identity",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "forwarded",
-];
 
 /// Parses the head at the start of `buf` and, when the fast path takes it, writes the
 /// request head for the upstream into `out`.
@@ -180,20 +164,10 @@ fn plan(
             now,
         },
     );
-    let set_cookie = match (&decision, &route.cookie, snapshot.cookie_keys().first()) {
-        (Decision::Deny(_), ..) => return None,
-        (
-            Decision::Certificate {
-                cert,
-                cookie_due: true,
-            },
-            Some(policy),
-            Some(key),
-        ) => conn
-            .cookie_mint
-            .set_cookie(key, policy, &cert.serial_hex, &host, now),
-        _ => None,
-    };
+    if let Decision::Deny(_) = decision {
+        return None; // hyper answers, counts and logs the refusal.
+    }
+    let set_cookie = earned_cookie(&decision, snapshot, route, conn, &host, now);
     count(shared, route, &decision);
 
     out.clear();
@@ -280,10 +254,7 @@ fn write_head(
 }
 
 fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+    write_header(out, name.as_bytes(), value);
 }
 
 /// `name=value` pairs of `Cookie` header values (already checked to be ASCII).
@@ -312,15 +283,6 @@ fn cookie_values<'h>(
             let (k, v) = pair.split_once('=')?;
             (k == name).then_some(v.trim_matches('"'))
         })
-}
-
-/// A `Content-Length` of digits only (no sign, no list), as RFC 9112 §6.3 allows.
-fn content_length(value: &[u8]) -> Option<u64> {
-    let value = trim(value);
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Whether a `Connection` value asks to close; `None` when it names anything but
@@ -371,23 +333,6 @@ mod tests {
         assert_eq!(kind("X-Forwarded-For"), Kind::ForwardedFor);
         assert_eq!(kind("accept"), Kind::Forward);
         assert_eq!(kind("hosts"), Kind::Forward);
-    }
-
-    #[test]
-    fn content_length_is_digits_only() {
-        assert_eq!(content_length(b"42"), Some(42));
-        assert_eq!(content_length(b" 0 "), Some(0));
-        for bad in [
-            &b""[..],
-            b"+1",
-            b"-1",
-            b"1,1",
-            b"0x10",
-            b"1 1",
-            b"9999999999999999999",
-        ] {
-            assert_eq!(content_length(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

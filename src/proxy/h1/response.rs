@@ -9,6 +9,9 @@ use std::mem::MaybeUninit;
 
 use http::HeaderValue;
 
+use super::super::headers;
+use super::{content_length, write_header};
+
 /// Largest response head read from an upstream.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
@@ -92,7 +95,7 @@ pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<He
                 named.push(token);
             }
         } else if is("content-length") {
-            let n = parse_length(h.value).ok_or(BadResponse("invalid Content-Length"))?;
+            let n = content_length(h.value).ok_or(BadResponse("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(BadResponse("conflicting Content-Length"));
             }
@@ -120,23 +123,24 @@ pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<He
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        let hop = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+        let hop = headers::is_hop_by_hop(h.name)
+            || h.name.eq_ignore_ascii_case("upgrade")
             || named.iter().any(|n| h.name.eq_ignore_ascii_case(n));
         // The gate's own framing replaces the upstream's.
         let framing_header =
             h.name.eq_ignore_ascii_case("content-length") && framing == Framing::Chunked;
         if !hop && !framing_header {
-            header(out, h.name.as_bytes(), h.value);
+            write_header(out, h.name.as_bytes(), h.value);
         }
     }
     if framing == Framing::Chunked {
-        header(out, b"transfer-encoding", b"chunked");
+        write_header(out, b"transfer-encoding", b"chunked");
     }
     if client.close || framing == Framing::UntilClose {
-        header(out, b"connection", b"close");
+        write_header(out, b"connection", b"close");
     }
     if let Some(cookie) = client.set_cookie {
-        header(out, b"set-cookie", cookie.as_bytes());
+        write_header(out, b"set-cookie", cookie.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 
@@ -145,34 +149,6 @@ pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<He
         framing,
         reusable: !upstream_close && framing != Framing::UntilClose,
     }))
-}
-
-/// Headers that describe one hop (RFC 9110 §7.6.1, and the proxy ones).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// The three digits of a status code (httparse reads exactly three).
