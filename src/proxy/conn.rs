@@ -55,7 +55,10 @@ impl std::fmt::Debug for Open {
 }
 
 impl Open {
-    fn new(gauge: &prometheus_client::metrics::gauge::Gauge, slot: OwnedSemaphorePermit) -> Self {
+    pub(super) fn new(
+        gauge: &prometheus_client::metrics::gauge::Gauge,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
         gauge.inc();
         Self {
             gauge: gauge.clone(),

@@ -443,23 +443,4 @@ impl Body {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_length_is_digits_only() {
-        assert_eq!(content_length(b"42"), Some(42));
-        assert_eq!(content_length(b" 0 "), Some(0));
-        for bad in [
-            &b""[..],
-            b"+1",
-            b"-1",
-            b"1,1",
-            b"0x10",
-            b"1 1",
-            b"9999999999999999999",
-        ] {
-            assert_eq!(content_length(bad), None, "{bad:?}");
-        }
-    }
-}
+mod tests;

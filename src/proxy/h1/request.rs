@@ -172,6 +172,10 @@ fn plan(
 
     out.clear();
     write_head(out, req, &method, target, &host, cookie_name, shared, conn);
+    if let Some(len) = body_len {
+        // Written in canonical form: `05` or ` 5` mean 5 to us, maybe not to the upstream.
+        header(out, "content-length", len.to_string().as_bytes());
+    }
     if let Some(identity) = decision.identity() {
         header(out, "x-portcullis-identity", identity.identity.as_bytes());
     }
@@ -205,52 +209,61 @@ fn write_head(
         out.extend_from_slice(part.as_bytes());
     }
     header(out, "host", host.as_bytes());
-    let trusted = contains(&shared.settings.trusted_proxies, conn.peer.ip());
-    let mut chain_started = false;
-    let mut cookie_started = false;
     for h in req.headers.iter() {
-        match kind(h.name) {
-            Kind::Forward | Kind::ContentLength => header(out, h.name, h.value),
-            Kind::Cookie => {
-                for pair in cookie_pairs(h.value) {
-                    if cookie_name.is_some_and(|name| cookie_name_of(pair) == name) {
-                        continue; // The gate's MAC never reaches the upstream.
-                    }
-                    let sep: &[u8] = if cookie_started { b"; " } else { b"cookie: " };
-                    out.extend_from_slice(sep);
-                    out.extend_from_slice(pair.as_bytes());
-                    cookie_started = true;
-                }
-            }
-            Kind::ForwardedFor if trusted => {
-                let value = trim(h.value);
-                if !value.is_empty() {
-                    let sep: &[u8] = if chain_started {
-                        b", "
-                    } else {
-                        b"x-forwarded-for: "
-                    };
-                    out.extend_from_slice(sep);
-                    out.extend_from_slice(value);
-                    chain_started = true;
-                }
-            }
-            _ => {}
+        if kind(h.name) == Kind::Forward {
+            header(out, h.name, h.value);
         }
     }
-    if cookie_started {
-        out.extend_from_slice(b"\r\n");
-    }
+    // Each of these lines is written whole in its own pass: a line assembled while other
+    // headers are written would take them into its value.
+    let kept_cookies = req
+        .headers
+        .iter()
+        .filter(|h| kind(h.name) == Kind::Cookie)
+        .flat_map(|h| cookie_pairs(h.value))
+        // The gate's MAC never reaches the upstream.
+        .filter(|pair| cookie_name.is_none_or(|name| cookie_name_of(pair) != name))
+        .map(str::as_bytes);
+    joined_line(out, "cookie", b"; ", kept_cookies);
+    let trusted = contains(&shared.settings.trusted_proxies, conn.peer.ip());
+    let sent_chain = req
+        .headers
+        .iter()
+        .filter(|h| trusted && kind(h.name) == Kind::ForwardedFor)
+        .map(|h| trim(h.value))
+        .filter(|value| !value.is_empty());
     let client = conn.client_header.as_bytes();
-    if chain_started {
-        out.extend_from_slice(b", ");
-        out.extend_from_slice(client);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        header(out, "x-forwarded-for", client);
-    }
+    joined_line(
+        out,
+        "x-forwarded-for",
+        b", ",
+        sent_chain.chain(std::iter::once(client)),
+    );
     header(out, "x-forwarded-proto", b"https");
     header(out, "x-forwarded-host", host.as_bytes());
+}
+
+/// One header line holding `values` joined by `sep`; nothing when there are none.
+fn joined_line<'v>(
+    out: &mut Vec<u8>,
+    name: &str,
+    sep: &[u8],
+    values: impl Iterator<Item = &'v [u8]>,
+) {
+    let mut first = true;
+    for value in values {
+        if first {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+        } else {
+            out.extend_from_slice(sep);
+        }
+        out.extend_from_slice(value);
+        first = false;
+    }
+    if !first {
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
