@@ -229,6 +229,10 @@ fn scripted(req: &RawRequest) -> Reply {
         (_, "/te-gzip") => {
             Reply::bytes(head("Transfer-Encoding: gzip\r\n") + "not-really-gzip").then_close()
         }
+        // An upstream naming its own framing header as hop-by-hop.
+        (_, "/cl-named-hop") => {
+            Reply::bytes(head("Connection: content-length\r\nContent-Length: 5\r\n") + "hello")
+        }
         (_, "/te-and-cl") => Reply::bytes(
             head("Transfer-Encoding: chunked\r\nContent-Length: 100\r\n")
                 + "5\r\nhello\r\n0\r\n\r\n",
@@ -747,6 +751,23 @@ async fn requests_served_by_the_hyper_fallback_keep_the_same_upstream_framing_ru
     assert!(resp.complete && !resp.has("content-length"), "{resp:?}");
     assert_eq!(resp.text(), "hello");
     next_request_is_answered(&mut wire, "/next").await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cannot_strip_the_framing_the_client_needs() -> R {
+    let e = raw_env().await;
+    let mut wire = e.wire().await;
+    // `Connection: content-length` would drop the length the client frames the body by,
+    // leaving it to wait for a close that never comes.
+    wire.send(get_bytes("/cl-named-hop") + &get_bytes("/next"))
+        .await?;
+    let resp = wire.response("GET").await?;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert!(resp.complete, "{resp:?}");
+    assert_eq!(resp.text(), "hello");
+    let next = wire.response("GET").await?;
+    assert_answers(&next, "/next");
     Ok(())
 }
 

@@ -126,15 +126,18 @@ pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<He
         let hop = headers::is_hop_by_hop(h.name)
             || h.name.eq_ignore_ascii_case("upgrade")
             || named.iter().any(|n| h.name.eq_ignore_ascii_case(n));
-        // The gate's own framing replaces the upstream's.
-        let framing_header =
-            h.name.eq_ignore_ascii_case("content-length") && framing == Framing::Chunked;
-        if !hop && !framing_header {
+        // The gate writes the framing itself, below.
+        if !hop && !h.name.eq_ignore_ascii_case("content-length") {
             write_header(out, h.name.as_bytes(), h.value);
         }
     }
-    if framing == Framing::Chunked {
-        write_header(out, b"transfer-encoding", b"chunked");
+    // Canonical, and never lost: not even to an upstream `Connection: content-length`.
+    match (framing, length) {
+        (Framing::Chunked, _) => write_header(out, b"transfer-encoding", b"chunked"),
+        (Framing::Length(n), _) | (Framing::Empty, Some(n)) => {
+            write_header(out, b"content-length", n.to_string().as_bytes());
+        }
+        (Framing::Empty, None) | (Framing::UntilClose, _) => {}
     }
     if client.close || framing == Framing::UntilClose {
         write_header(out, b"connection", b"close");
@@ -276,7 +279,7 @@ mod tests {
         ));
         assert_eq!(
             String::from_utf8(out).expect("ascii"),
-            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nconnection: close\r\n\
+            "HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\
              set-cookie: __Host-p=v1.x; Path=/\r\n\r\n"
         );
     }

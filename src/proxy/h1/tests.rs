@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::super::conn::{ConnInfo, Open};
 use super::super::{Settings, Shared, upstream};
 use super::request::{self, Head};
+use super::response::{self, Framing};
 use super::*;
 use crate::admission::CookieMint;
 use crate::snapshot::{CookiePolicy, LiveCert, Route, RouteSource, Snapshot, SnapshotParts};
@@ -218,6 +219,101 @@ fn whatever_the_fast_path_forwards_is_one_unambiguous_request() {
     }
     // The mutations must leave plenty of forwardable requests, or this proves nothing.
     assert!(forwarded > 2_000, "only {forwarded} forwarded");
+}
+
+const RESPONSE_PIECES: &[&[u8]] = &[
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b" ",
+    b":",
+    b",",
+    b"0",
+    b"5",
+    b"a",
+    b"\x80",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 3\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip\r\n",
+    b"Connection: content-length\r\n",
+    b"Connection: close\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+];
+
+const RESPONSE_SEEDS: &[&str] = &[
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+    "HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close",
+];
+
+#[test]
+fn whatever_the_client_gets_is_framed_exactly_as_the_gate_reads_it() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut out = Vec::new();
+    let mut finals = 0;
+    for round in 0..20_000 {
+        let seed = RESPONSE_SEEDS[round % RESPONSE_SEEDS.len()].as_bytes();
+        let mut input = seed.to_vec();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = rng.gen_range(0..=input.len());
+            let piece = RESPONSE_PIECES[rng.gen_range(0..RESPONSE_PIECES.len())];
+            match rng.gen_range(0..3) {
+                0 => drop(input.splice(at..at, piece.iter().copied())),
+                1 if at < input.len() => drop(input.remove(at)),
+                _ if at < input.len() => input[at] = rng.r#gen(),
+                _ => {}
+            }
+        }
+        let side = response::ClientSide {
+            head_only: round % 7 == 0,
+            set_cookie: None,
+            close: false,
+        };
+        let Ok(response::Head::Final(head)) = response::read(&input, &side, &mut out) else {
+            continue;
+        };
+        finals += 1;
+        let what = String::from_utf8_lossy(&input).into_owned();
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut resp = httparse::Response::new(&mut headers);
+        assert_eq!(
+            resp.parse(&out),
+            Ok(httparse::Status::Complete(out.len())),
+            "{what:?} → {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let values = |name: &str| -> Vec<Vec<u8>> {
+            resp.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value.to_vec())
+                .collect()
+        };
+        let (lengths, codings) = (values("content-length"), values("transfer-encoding"));
+        // The client reads the body exactly as the gate will send it (RFC 9112 §6.3).
+        match head.framing {
+            Framing::Length(n) => {
+                assert_eq!(lengths, [n.to_string().into_bytes()], "{what:?}");
+                assert!(codings.is_empty(), "{what:?}");
+            }
+            Framing::Chunked => {
+                assert_eq!(codings, [b"chunked".to_vec()], "{what:?}");
+                assert!(lengths.is_empty(), "{what:?}");
+            }
+            Framing::UntilClose => {
+                assert!(lengths.is_empty() && codings.is_empty(), "{what:?}");
+                assert_eq!(values("connection"), [b"close".to_vec()], "{what:?}");
+            }
+            Framing::Empty => {
+                assert!(codings.is_empty() && lengths.len() <= 1, "{what:?}");
+                let status = resp.code.unwrap_or(0);
+                assert!(side.head_only || status == 204 || status == 304, "{what:?}");
+            }
+        }
+    }
+    assert!(finals > 2_000, "only {finals} final responses");
 }
 
 #[test]
