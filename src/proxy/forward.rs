@@ -23,6 +23,7 @@ use super::{Body, Shared, contains};
 use crate::admission::{self, Decision, DenyReason};
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::RequestLabels;
+use prometheus_client::metrics::counter::Counter;
 
 pub async fn handle(
     mut req: Request<Incoming>,
@@ -376,7 +377,12 @@ async fn tunnel(
     gauge.dec();
 }
 
-pub(super) fn count(shared: &Shared, route: &Route, decision: &Decision) {
+fn count(shared: &Shared, route: &Route, decision: &Decision) {
+    request_counter(shared, route, decision).inc();
+}
+
+/// The `portcullis_requests_total` series for this decision on `route`.
+pub(super) fn request_counter(shared: &Shared, route: &Route, decision: &Decision) -> Counter {
     let reason = match decision {
         Decision::Deny(reason) => reason.as_str(),
         _ => "",
@@ -386,7 +392,7 @@ pub(super) fn count(shared: &Shared, route: &Route, decision: &Decision) {
         admission: decision.path_label(),
         reason,
     };
-    shared.metrics.requests.get_or_create(&labels).inc();
+    shared.metrics.requests.get_or_create(&labels).clone()
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {

@@ -33,8 +33,11 @@ pub use rewind::Rewind;
 
 use super::Shared;
 use super::conn::ConnInfo;
+use super::forward::request_counter;
 use super::revocation::{self, Admitted};
 use crate::admission::Decision;
+use crate::snapshot::Route;
+use prometheus_client::metrics::counter::Counter;
 use request::{Forward, Head};
 use response::{ClientSide, Final, Framing};
 
@@ -75,6 +78,7 @@ where
         from_upstream: BytesMut::new(),
         to_upstream: Vec::new(),
         to_client: Vec::new(),
+        counter: None,
     };
     loop {
         let (forward, head_len) = match session.next_request().await {
@@ -90,6 +94,7 @@ where
             Next::Closed => return Ended::Closed,
         };
         session.from_client.advance(head_len);
+        session.count(&forward);
         if session.exchange(&forward).await.is_err() {
             let _ = session.client.shutdown().await;
             return Ended::Closed;
@@ -109,6 +114,9 @@ struct Session<T> {
     /// The request head (and the body bytes already read) for the upstream.
     to_upstream: Vec<u8>,
     to_client: Vec<u8>,
+    /// The request counter last used: a connection's requests mostly share one series,
+    /// and finding it by its labels costs a hash and a lock each time.
+    counter: Option<(Arc<Route>, &'static str, Counter)>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
@@ -138,6 +146,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
             match timeout_at(deadline, self.client.read_buf(&mut self.from_client)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Next::Closed,
+            }
+        }
+    }
+
+    /// Counts an admitted request under its route and admission path.
+    fn count(&mut self, forward: &Forward) {
+        let path = forward.decision.path_label();
+        match &self.counter {
+            Some((route, label, counter))
+                if Arc::ptr_eq(route, &forward.route) && *label == path =>
+            {
+                counter.inc();
+            }
+            _ => {
+                let counter = request_counter(&self.shared, &forward.route, &forward.decision);
+                counter.inc();
+                self.counter = Some((forward.route.clone(), path, counter));
             }
         }
     }

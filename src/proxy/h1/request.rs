@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use http::{HeaderValue, Method};
 
 use super::super::conn::ConnInfo;
-use super::super::forward::{count, earned_cookie, routed_host};
+use super::super::forward::{earned_cookie, routed_host};
 use super::super::{Shared, contains, headers};
 use super::{content_length, write_header};
 use crate::admission::{self, Decision};
@@ -168,7 +168,6 @@ fn plan(
         return None; // hyper answers, counts and logs the refusal.
     }
     let set_cookie = earned_cookie(&decision, snapshot, route, conn, &host, now);
-    count(shared, route, &decision);
 
     out.clear();
     write_head(out, req, &method, target, &host, cookie_name, shared, conn);
