@@ -771,6 +771,54 @@ async fn an_upstream_cannot_strip_the_framing_the_client_needs() -> R {
     Ok(())
 }
 
+/// An upstream that answers `413` as soon as it has a request head and then reads
+/// nothing more, holding its connections open: an upload it refuses.
+async fn refusing_upstream() -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large";
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_before_the_body_is_done_is_heard() -> R {
+    let addr = refusing_upstream().await?;
+    let e = gate_over((), addr, one_worker(), |_| {}).await;
+    let mut wire = e.wire().await;
+    // 8 MiB announced, 256 KiB sent: the rest would never be read upstream.
+    let head = format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 8388608\r\n\r\n");
+    wire.send(head.into_bytes()).await?;
+    wire.send(body_of(256 * 1024)).await?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), wire.response("POST"))
+        .await
+        .map_err(|_| "the upstream's early answer never reached the client")??;
+    assert_eq!(resp.status, 413, "{resp:?}");
+    assert_eq!(resp.text(), "too large");
+    // The rest of the body is still on its way: this connection cannot carry more.
+    assert!(resp.says_close(), "{resp:?}");
+    assert_eq!(
+        wire.liveness(Duration::from_secs(2)).await,
+        Liveness::Closed
+    );
+    Ok(())
+}
+
 /// The client's view of a response whose upstream failed while it was under way: a 502,
 /// or the head followed by a body cut short and the connection closed — never a response
 /// that looks complete, never upstream junk, never silence. `Err` says what went wrong.

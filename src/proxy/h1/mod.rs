@@ -64,6 +64,9 @@ enum Next {
 
 /// Read size for both sides.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long, and how much, a closing connection reads and drops of a body left unread.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Serves HTTP/1.1 requests on `client` until it closes or a request needs hyper.
 pub async fn serve<T>(client: T, shared: Arc<Shared>, conn: Arc<ConnInfo>) -> Ended<T>
@@ -79,6 +82,7 @@ where
         to_upstream: Vec::new(),
         to_client: Vec::new(),
         counter: None,
+        body_unread: false,
     };
     loop {
         let (forward, head_len) = match session.next_request().await {
@@ -97,6 +101,9 @@ where
         session.count(&forward);
         if session.exchange(&forward).await.is_err() {
             let _ = session.client.shutdown().await;
+            if session.body_unread {
+                session.linger().await;
+            }
             return Ended::Closed;
         }
         session.shrink();
@@ -117,6 +124,8 @@ struct Session<T> {
     /// The request counter last used: a connection's requests mostly share one series,
     /// and finding it by its labels costs a hash and a lock each time.
     counter: Option<(Arc<Route>, &'static str, Counter)>,
+    /// The client may still be sending a body nobody will read.
+    body_unread: bool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
@@ -167,6 +176,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         }
     }
 
+    /// Reads and drops what the client still sends, for a little while, after the answer
+    /// and the close: closing a socket with unread bytes makes the kernel reset the
+    /// connection, and the reset can destroy the answer before the client read it (what
+    /// nginx calls a lingering close).
+    async fn linger(&mut self) {
+        let deadline = Instant::now() + LINGER;
+        let mut budget = LINGER_BYTES;
+        while budget > 0 {
+            self.from_client.clear();
+            self.from_client.reserve(READ_CHUNK);
+            match timeout_at(deadline, self.client.read_buf(&mut self.from_client)).await {
+                Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
+                _ => return,
+            }
+        }
+    }
+
     /// Lets go of buffers a large exchange grew, so an idle connection holds little.
     fn shrink(&mut self) {
         const KEEP: usize = 4 * READ_CHUNK;
@@ -206,9 +232,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         // A request held whole in memory, safe to repeat, goes again on a fresh connection
         // if the pooled one turns out closed (the upstream's keep-alive timer won the race).
         let mut retry = pooled && forward.idempotent && body_left == 0;
-        let head = loop {
+        let (head, sent) = loop {
             match self.send(&mut tcp, forward, body_left).await? {
-                Ok(head) => break head,
+                Ok(done) => break done,
                 Err(e) if retry => {
                     tracing::debug!(error = %e, "pooled upstream connection closed; retrying");
                     tcp = match pool.connect(upstream).await {
@@ -221,10 +247,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
             }
         };
         let reusable = self.relay(&mut tcp, forward, head).await?;
-        if reusable && self.from_upstream.is_empty() {
+        let cut_short = sent == BodySent::CutShort;
+        self.body_unread |= cut_short;
+        if reusable && !cut_short && self.from_upstream.is_empty() {
             pool.put(upstream, tcp);
         }
-        if forward.close || head.framing == Framing::UntilClose {
+        if forward.close || cut_short || head.framing == Framing::UntilClose {
             return Err(Close);
         }
         Ok(())
@@ -239,34 +267,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         body_left: u64,
     ) -> Result<(), Close> {
         tracing::warn!(route = %forward.route.name, upstream = %forward.route.upstream, error = %error, "upstream unreachable");
+        self.body_unread |= body_left > 0;
         self.answer(BAD_GATEWAY, forward.close || body_left > 0)
             .await
     }
 
     /// Writes the request to `tcp` and reads the final response head, written for the
-    /// client into `to_client`. The outer error ends the client connection (an answer was
+    /// client into `to_client`, and how much of the body went. The outer error ends the client connection (an answer was
     /// given); the inner one is the upstream's failure, which may be retried.
     async fn send(
         &mut self,
         tcp: &mut TcpStream,
         forward: &Forward,
         body_left: u64,
-    ) -> Result<Result<Final, std::io::Error>, Close> {
+    ) -> Result<Result<(Final, BodySent), std::io::Error>, Close> {
+        self.from_upstream.clear();
         if let Err(e) = tcp.write_all(&self.to_upstream).await {
             return Ok(Err(e));
         }
-        if body_left > 0 {
-            self.stream_body(tcp, body_left).await?;
-        }
-        self.from_upstream.clear();
+        let sent = match body_left {
+            0 => BodySent::Whole,
+            _ => self.stream_body(tcp, body_left).await?,
+        };
         let side = ClientSide {
             head_only: forward.head_only,
             set_cookie: forward.set_cookie.as_ref(),
-            close: forward.close,
+            close: forward.close || sent == BodySent::CutShort,
         };
         loop {
             match response::read(&self.from_upstream, &side, &mut self.to_client) {
-                Ok(response::Head::Final(head)) => return Ok(Ok(head)),
+                Ok(response::Head::Final(head)) => return Ok(Ok((head, sent))),
                 Ok(response::Head::Interim(len)) => self.from_upstream.advance(len),
                 Ok(response::Head::Partial) => {
                     self.from_upstream.reserve(READ_CHUNK);
@@ -287,31 +317,56 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
     }
 
     /// Copies the rest of a `Content-Length` request body from the client, each read
-    /// within the body idle timeout.
-    async fn stream_body(&mut self, tcp: &mut TcpStream, mut left: u64) -> Result<(), Close> {
+    /// within the body idle timeout. Stops early when the upstream answers (or closes)
+    /// before the body is done — a 413 or 401 for an upload it will not read — so that
+    /// answer reaches the client instead of a write blocking on an upstream not reading.
+    async fn stream_body(&mut self, tcp: &mut TcpStream, mut left: u64) -> Result<BodySent, Close> {
         let idle = self.shared.settings.limits.body_idle_timeout;
+        let Session {
+            client,
+            from_client,
+            from_upstream,
+            ..
+        } = self;
+        let (reader, mut writer) = tcp.split();
+        let upstream = reader.as_ref();
         while left > 0 {
-            self.from_client.reserve(READ_CHUNK);
-            match timeout(idle, self.client.read_buf(&mut self.from_client)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Err(Close), // The client left mid-body.
-                Err(_) => {
+            let forward_some = async {
+                if from_client.is_empty() {
+                    from_client.reserve(READ_CHUNK);
+                    match timeout(idle, client.read_buf(from_client)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return Step::ClientGone,
+                        Err(_) => return Step::Stalled,
+                    }
+                }
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(from_client.len());
+                match writer.write_all(&from_client[..take]).await {
+                    Ok(()) => Step::Sent(take),
+                    Err(_) => Step::UpstreamSpoke, // Closed: read what it said, if anything.
+                }
+            };
+            let step = tokio::select! {
+                step = forward_some => step,
+                () = upstream_spoke(upstream, from_upstream) => Step::UpstreamSpoke,
+            };
+            match step {
+                Step::Sent(n) => {
+                    from_client.advance(n);
+                    left -= n as u64;
+                }
+                Step::UpstreamSpoke => return Ok(BodySent::CutShort),
+                Step::ClientGone => return Err(Close),
+                Step::Stalled => {
                     tracing::info!(client = %self.conn.client.ip(), "request body stalled");
                     self.answer(REQUEST_TIMEOUT, true).await?;
                     return Err(Close);
                 }
             }
-            let take = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .min(self.from_client.len());
-            if tcp.write_all(&self.from_client[..take]).await.is_err() {
-                self.answer(BAD_GATEWAY, true).await?;
-                return Err(Close);
-            }
-            self.from_client.advance(take);
-            left -= take as u64;
         }
-        Ok(())
+        Ok(BodySent::Whole)
     }
 
     /// Sends the response head in `to_client` and the body framed by `head`; returns
@@ -391,6 +446,38 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         }
         self.write_to_client().await?;
         if close { Err(Close) } else { Ok(()) }
+    }
+}
+
+/// One step of copying a request body.
+enum Step {
+    Sent(usize),
+    UpstreamSpoke,
+    ClientGone,
+    Stalled,
+}
+
+/// How much of a request body reached the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodySent {
+    Whole,
+    /// The upstream answered or closed first; the rest is still on its way from the
+    /// client, so the client connection cannot carry another request.
+    CutShort,
+}
+
+/// Completes once the upstream has sent something (bytes, appended to `buf`, or its
+/// close); a readiness wake-up with nothing to read keeps waiting.
+async fn upstream_spoke(upstream: &TcpStream, buf: &mut BytesMut) {
+    loop {
+        if upstream.readable().await.is_err() {
+            return;
+        }
+        buf.reserve(READ_CHUNK);
+        match upstream.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            _ => return,
+        }
     }
 }
 
