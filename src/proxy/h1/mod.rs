@@ -39,7 +39,7 @@ use crate::admission::Decision;
 use crate::snapshot::Route;
 use prometheus_client::metrics::counter::Counter;
 use request::{Forward, Head};
-use response::{ClientSide, Final, Framing};
+use response::{Body, ClientSide, Final, Framing};
 
 /// How the fast path let go of a connection.
 pub enum Ended<T> {
@@ -408,7 +408,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         while !body.done() {
             self.from_upstream.reserve(READ_CHUNK);
             match tcp.read_buf(&mut self.from_upstream).await {
-                Ok(0) if body.framing == Framing::UntilClose => body.framing = Framing::Empty,
+                Ok(0) if body.ends_at_close() => {}
                 // Cut short: the client must not take a partial body for a whole one.
                 Ok(0) | Err(_) => return Err(Close),
                 Ok(_) => {}
@@ -500,58 +500,6 @@ fn content_length(value: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// A response body in transit.
-struct Body {
-    framing: Framing,
-    /// Bytes still due under `Content-Length`.
-    left: u64,
-    chunks: chunked::Decoder,
-}
-
-impl Body {
-    fn new(framing: Framing) -> Self {
-        Self {
-            framing,
-            left: match framing {
-                Framing::Length(n) => n,
-                _ => 0,
-            },
-            chunks: chunked::Decoder::default(),
-        }
-    }
-
-    fn done(&self) -> bool {
-        match self.framing {
-            Framing::Empty => true,
-            Framing::Length(_) => self.left == 0,
-            Framing::Chunked => self.chunks.is_done(),
-            Framing::UntilClose => false,
-        }
-    }
-
-    /// Moves what `input` holds of this body to `out`, leaving any bytes past its end.
-    fn take(&mut self, input: &mut BytesMut, out: &mut Vec<u8>) -> Result<(), chunked::BadChunk> {
-        let used = match self.framing {
-            Framing::Empty => 0,
-            Framing::Length(_) => {
-                let n = usize::try_from(self.left)
-                    .unwrap_or(usize::MAX)
-                    .min(input.len());
-                out.extend_from_slice(&input[..n]);
-                self.left -= n as u64;
-                n
-            }
-            Framing::Chunked => self.chunks.decode(input, out)?,
-            Framing::UntilClose => {
-                out.extend_from_slice(input);
-                input.len()
-            }
-        };
-        input.advance(used);
-        Ok(())
-    }
 }
 
 #[cfg(test)]

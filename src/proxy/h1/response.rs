@@ -3,14 +3,16 @@
 //!
 //! The framing is decided strictly (RFC 9112 §6.3): a response whose length is ambiguous
 //! is refused with a 502 rather than guessed, because a wrong guess on a pooled
-//! connection would hand one client's response to the next request.
+//! connection would hand one client's response to the next request. [`Body`] then moves
+//! the body along as it arrives.
 
 use std::mem::MaybeUninit;
 
+use bytes::{Buf, BytesMut};
 use http::HeaderValue;
 
 use super::super::headers;
-use super::{content_length, write_header};
+use super::{chunked, content_length, write_header};
 
 /// Largest response head read from an upstream.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -158,6 +160,72 @@ pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<He
 fn status_digits(status: u16) -> [u8; 3] {
     let digit = |n: u16| b'0' + (n % 10) as u8;
     [digit(status / 100), digit(status / 10), digit(status)]
+}
+
+/// A response body in transit.
+pub struct Body {
+    framing: Framing,
+    /// Bytes still due under `Content-Length`.
+    left: u64,
+    chunks: chunked::Decoder,
+}
+
+impl Body {
+    pub fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunks: chunked::Decoder::default(),
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        match self.framing {
+            Framing::Empty => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunks.is_done(),
+            Framing::UntilClose => false,
+        }
+    }
+
+    /// Whether the upstream closing ends this body (rather than cutting it short); if so
+    /// the body is done.
+    pub fn ends_at_close(&mut self) -> bool {
+        let ends = self.framing == Framing::UntilClose;
+        if ends {
+            self.framing = Framing::Empty;
+        }
+        ends
+    }
+
+    /// Moves what `input` holds of this body to `out`, leaving any bytes past its end.
+    pub fn take(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut Vec<u8>,
+    ) -> Result<(), chunked::BadChunk> {
+        let used = match self.framing {
+            Framing::Empty => 0,
+            Framing::Length(_) => {
+                let n = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                out.extend_from_slice(&input[..n]);
+                self.left -= n as u64;
+                n
+            }
+            Framing::Chunked => self.chunks.decode(input, out)?,
+            Framing::UntilClose => {
+                out.extend_from_slice(input);
+                input.len()
+            }
+        };
+        input.advance(used);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
