@@ -399,6 +399,29 @@ impl ClientCertVerifier for LiveCertVerifier {
 /// What the proxy holds: the newest snapshot, `None` until a source produced the first.
 pub type SnapshotRx = tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
 
+/// A snapshot of one route, for unit tests elsewhere in the crate: a self-signed
+/// certificate for the route's first host serves as both CA and server certificate.
+#[cfg(test)]
+pub(crate) fn for_tests(route: Route, live: Vec<LiveCert>, cookie_keys: Vec<[u8; 32]>) -> Snapshot {
+    let host = route.hosts.first().cloned().unwrap_or_default();
+    let cert = rcgen::generate_simple_self_signed(vec![host]).expect("self-signed certificate");
+    let der = CertificateDer::from(cert.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        cert.signing_key.serialize_der(),
+    ));
+    let parts = SnapshotParts {
+        client_ca: vec![der.clone()],
+        routes: vec![RouteSource {
+            route,
+            cert_chain: vec![der],
+            key,
+        }],
+        live,
+        cookie_keys,
+    };
+    Snapshot::build(parts, 1).expect("test snapshot")
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -6,10 +6,9 @@ use std::time::{Duration, SystemTime};
 use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::Selector;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::*;
-use crate::snapshot::{CookiePolicy, LiveCert, RouteSource, SnapshotParts};
+use crate::snapshot::{CookiePolicy, LiveCert};
 
 const HOST: &str = "ha.example";
 const KEY: [u8; 32] = [7; 32];
@@ -49,23 +48,11 @@ fn route(selector: Option<&str>) -> Route {
 }
 
 fn snapshot(route: Route, keys: Vec<[u8; 32]>) -> Snapshot {
-    let cert = rcgen::generate_simple_self_signed(vec![HOST.to_owned()]).unwrap();
-    let der = CertificateDer::from(cert.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
-    let parts = SnapshotParts {
-        client_ca: vec![der.clone()],
-        routes: vec![RouteSource {
-            route,
-            cert_chain: vec![der],
-            key,
-        }],
-        live: vec![
-            live("alice", "a1", 1, "home"),
-            live("bob", "b2", 2, "garage"),
-        ],
-        cookie_keys: keys,
-    };
-    Snapshot::build(parts, 1).unwrap()
+    let live = vec![
+        live("alice", "a1", 1, "home"),
+        live("bob", "b2", 2, "garage"),
+    ];
+    crate::snapshot::for_tests(route, live, keys)
 }
 
 struct Case<'a> {

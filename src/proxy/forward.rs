@@ -25,6 +25,10 @@ use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::RequestLabels;
 use prometheus_client::metrics::counter::Counter;
 
+/// What a client is told when its request could not be forwarded (the same on both paths).
+pub(super) const UPSTREAM_UNREACHABLE: &str = "the upstream service is not reachable\n";
+pub(super) const BODY_STALLED: &str = "the request body stopped arriving\n";
+
 pub async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -116,20 +120,14 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) if idle::is_body_stall(&e) => {
             tracing::info!(route = %route.name, client = %conn.client.ip(), "request body stalled");
-            let mut resp = plain(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body stopped arriving\n",
-            );
+            let mut resp = plain(StatusCode::REQUEST_TIMEOUT, BODY_STALLED);
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Ok(resp);
         }
         Err(e) => {
             tracing::warn!(route = %route.name, upstream = %route.upstream, error = %e, "upstream unreachable");
-            return Ok(plain(
-                StatusCode::BAD_GATEWAY,
-                "the upstream service is not reachable\n",
-            ));
+            return Ok(plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE));
         }
     };
 
@@ -161,10 +159,7 @@ pub async fn handle(
             .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
         {
             tracing::warn!(route = %route.name, upstream = %route.upstream, "upstream sent a transfer coding other than chunked");
-            return Ok(plain(
-                StatusCode::BAD_GATEWAY,
-                "the upstream service is not reachable\n",
-            ));
+            return Ok(plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE));
         }
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }

@@ -41,25 +41,17 @@ pub enum UpstreamError {
     Http(Authority, #[source] hyper::Error),
 }
 
-/// Idle upstream connections by `host:port`.
+/// hyper client connections to upstreams, kept open between requests.
 #[derive(Debug)]
 pub struct Pool {
-    /// A list, not a map: there is one upstream per route, a handful in all, and hashing
-    /// an `Authority` (byte by byte, case-folded) costs more than comparing a few.
-    idle: Mutex<Vec<(Authority, Vec<Idle>)>>,
+    idle: IdleConns<SendRequest<RequestBody>>,
     connect_timeout: Duration,
-}
-
-#[derive(Debug)]
-struct Idle {
-    sender: SendRequest<RequestBody>,
-    since: Instant,
 }
 
 impl Pool {
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
-            idle: Mutex::new(Vec::new()),
+            idle: IdleConns::default(),
             connect_timeout,
         })
     }
@@ -99,22 +91,15 @@ impl Pool {
     /// The most recently used idle connection that is still open and ready.
     async fn take(&self, upstream: &Authority) -> Option<SendRequest<RequestBody>> {
         loop {
-            let mut idle = {
-                let mut pool = self.lock();
-                let (_, list) = pool.iter_mut().find(|(a, _)| a == upstream)?;
-                list.pop()?
-            };
-            if idle.since.elapsed() >= IDLE_TIMEOUT || idle.sender.is_closed() {
-                continue;
-            }
-            if idle.sender.is_ready() {
-                return Some(idle.sender);
+            let mut sender = self.idle.take(upstream)?;
+            if sender.is_ready() {
+                return Some(sender);
             }
             // A connection returns to the pool when its response has been read; hyper may
             // not have marked it idle yet. That takes no I/O, so a connection not ready
             // soon is in a state we do not want to wait on: drop it.
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, idle.sender.ready()).await {
-                return Some(idle.sender);
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                return Some(sender);
             }
         }
     }
@@ -137,37 +122,82 @@ impl Pool {
         Ok(sender)
     }
 
-    fn put(&self, upstream: Authority, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    /// Closes connections idle for longer than [`IDLE_TIMEOUT`].
+    pub fn close_idle(&self) {
+        self.idle.close_idle();
+    }
+}
+
+/// A connection that can wait in [`IdleConns`].
+pub trait Reusable {
+    /// Not closed by the upstream, as far as can be told without waiting.
+    fn is_open(&self) -> bool;
+}
+
+impl Reusable for SendRequest<RequestBody> {
+    fn is_open(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
+/// A connection and when it went idle.
+type Idle<C> = (C, Instant);
+
+/// Idle connections by upstream `host:port`, the most recently used last.
+#[derive(Debug)]
+pub struct IdleConns<C> {
+    /// A list, not a map: there is one upstream per route, a handful in all, and hashing
+    /// an `Authority` (byte by byte, case-folded) costs more than comparing a few.
+    lists: Mutex<Vec<(Authority, Vec<Idle<C>>)>>,
+}
+
+impl<C> Default for IdleConns<C> {
+    fn default() -> Self {
+        Self {
+            lists: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<C: Reusable> IdleConns<C> {
+    /// The most recently used connection that is still open and not idle too long.
+    pub fn take(&self, upstream: &Authority) -> Option<C> {
+        let mut lists = self.lock();
+        let (_, list) = lists.iter_mut().find(|(a, _)| a == upstream)?;
+        std::iter::from_fn(|| list.pop())
+            .find(|(conn, since)| since.elapsed() < IDLE_TIMEOUT && conn.is_open())
+            .map(|(conn, _)| conn)
+    }
+
+    /// Keeps `conn` for the next request to `upstream`, if it is open and there is room.
+    pub fn put(&self, upstream: &Authority, conn: C) {
+        if !conn.is_open() {
             return;
         }
-        let mut pool = self.lock();
-        let i = match pool.iter().position(|(a, _)| *a == upstream) {
+        let mut lists = self.lock();
+        let i = match lists.iter().position(|(a, _)| a == upstream) {
             Some(i) => i,
             None => {
-                pool.push((upstream, Vec::new()));
-                pool.len() - 1
+                lists.push((upstream.clone(), Vec::new()));
+                lists.len() - 1
             }
         };
-        let list = &mut pool[i].1;
+        let list = &mut lists[i].1;
         if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            list.push((conn, Instant::now()));
         }
     }
 
-    /// Closes connections idle for longer than [`IDLE_TIMEOUT`].
+    /// Closes connections idle for longer than [`IDLE_TIMEOUT`] or closed by the upstream.
     pub fn close_idle(&self) {
         self.lock().retain_mut(|(_, list)| {
-            list.retain(|idle| idle.since.elapsed() < IDLE_TIMEOUT && !idle.sender.is_closed());
+            list.retain(|(conn, since)| since.elapsed() < IDLE_TIMEOUT && conn.is_open());
             !list.is_empty()
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle<C>>)>> {
+        self.lists.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -206,7 +236,7 @@ impl Pooled {
 
     fn release(&mut self) {
         if let Some((pool, upstream, sender)) = self.back.take() {
-            pool.put(upstream, sender);
+            pool.idle.put(&upstream, sender);
         }
     }
 }

@@ -33,7 +33,7 @@ pub use rewind::Rewind;
 
 use super::Shared;
 use super::conn::ConnInfo;
-use super::forward::request_counter;
+use super::forward::{BODY_STALLED, UPSTREAM_UNREACHABLE, request_counter};
 use super::revocation::{self, Admitted};
 use crate::admission::Decision;
 use crate::snapshot::Route;
@@ -482,12 +482,12 @@ async fn upstream_spoke(upstream: &TcpStream, buf: &mut BytesMut) {
 }
 
 type Answer = (&'static str, &'static str);
-const BAD_GATEWAY: Answer = ("502 Bad Gateway", "the upstream service is not reachable\n");
-const REQUEST_TIMEOUT: Answer = ("408 Request Timeout", "the request body stopped arriving\n");
+const BAD_GATEWAY: Answer = ("502 Bad Gateway", UPSTREAM_UNREACHABLE);
+const REQUEST_TIMEOUT: Answer = ("408 Request Timeout", BODY_STALLED);
 
 /// Appends `name: value` and its line end.
-fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
+fn write_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");

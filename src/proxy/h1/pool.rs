@@ -3,45 +3,30 @@
 //! A connection goes back only after its response was read to the exact end with nothing
 //! more from the upstream, so no byte of one exchange can be taken for the next.
 
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::Authority;
 use tokio::net::TcpStream;
 
-use super::super::upstream::{IDLE_TIMEOUT, UpstreamError, dial};
-
-/// Idle connections kept per upstream.
-const MAX_IDLE_PER_UPSTREAM: usize = 64;
-
-/// A connection and when it went idle.
-type Idle = (TcpStream, Instant);
+use super::super::upstream::{IdleConns, Reusable, UpstreamError, dial};
 
 #[derive(Debug)]
 pub struct Pool {
-    /// A short list: one upstream per route.
-    idle: Mutex<Vec<(Authority, Vec<Idle>)>>,
+    idle: IdleConns<TcpStream>,
     connect_timeout: Duration,
 }
 
 impl Pool {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::new(Vec::new()),
+            idle: IdleConns::default(),
             connect_timeout,
         }
     }
 
     /// The most recently used idle connection that still looks open.
     pub fn take(&self, upstream: &Authority) -> Option<TcpStream> {
-        let mut pool = self.lock();
-        let (_, list) = pool.iter_mut().find(|(a, _)| a == upstream)?;
-        while let Some((tcp, since)) = list.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && is_quiet(&tcp) {
-                return Some(tcp);
-            }
-        }
-        None
+        self.idle.take(upstream)
     }
 
     pub async fn connect(&self, upstream: &Authority) -> Result<TcpStream, UpstreamError> {
@@ -49,40 +34,23 @@ impl Pool {
     }
 
     pub fn put(&self, upstream: &Authority, tcp: TcpStream) {
-        let mut pool = self.lock();
-        let i = match pool.iter().position(|(a, _)| a == upstream) {
-            Some(i) => i,
-            None => {
-                pool.push((upstream.clone(), Vec::new()));
-                pool.len() - 1
-            }
-        };
-        let list = &mut pool[i].1;
-        if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push((tcp, Instant::now()));
-        }
+        self.idle.put(upstream, tcp);
     }
 
-    /// Closes connections idle for longer than [`IDLE_TIMEOUT`] or closed by the upstream.
+    /// Closes connections idle too long or closed by the upstream.
     pub fn close_idle(&self) {
-        self.lock().retain_mut(|(_, list)| {
-            list.retain(|(tcp, since)| since.elapsed() < IDLE_TIMEOUT && is_quiet(tcp));
-            !list.is_empty()
-        });
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        self.idle.close_idle();
     }
 }
 
 /// An idle connection has nothing to read: a readable one was closed by the upstream (or
 /// holds bytes nobody asked for). Costs no system call unless the event loop has seen the
 /// socket become readable.
-fn is_quiet(tcp: &TcpStream) -> bool {
-    matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+impl Reusable for TcpStream {
+    fn is_open(&self) -> bool {
+        matches!(self.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,10 +173,10 @@ fn plan(
     write_head(out, req, &method, target, &host, cookie_name, shared, conn);
     if let Some(len) = body_len {
         // Written in canonical form: `05` or ` 5` mean 5 to us, maybe not to the upstream.
-        header(out, "content-length", len.to_string().as_bytes());
+        write_header(out, "content-length", len.to_string().as_bytes());
     }
     if let Some(identity) = decision.identity() {
-        header(out, "x-portcullis-identity", identity.identity.as_bytes());
+        write_header(out, "x-portcullis-identity", identity.identity.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 
@@ -207,10 +207,10 @@ fn write_head(
     for part in [method.as_str(), " ", target, " HTTP/1.1\r\n"] {
         out.extend_from_slice(part.as_bytes());
     }
-    header(out, "host", host.as_bytes());
+    write_header(out, "host", host.as_bytes());
     for h in req.headers.iter() {
         if kind(h.name) == Kind::Forward {
-            header(out, h.name, h.value);
+            write_header(out, h.name, h.value);
         }
     }
     // Each of these lines is written whole in its own pass: a line assembled while other
@@ -238,8 +238,8 @@ fn write_head(
         b", ",
         sent_chain.chain(std::iter::once(client)),
     );
-    header(out, "x-forwarded-proto", b"https");
-    header(out, "x-forwarded-host", host.as_bytes());
+    write_header(out, "x-forwarded-proto", b"https");
+    write_header(out, "x-forwarded-host", host.as_bytes());
 }
 
 /// One header line holding `values` joined by `sep`; nothing when there are none.
@@ -263,10 +263,6 @@ fn joined_line<'v>(
     if !first {
         out.extend_from_slice(b"\r\n");
     }
-}
-
-fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    write_header(out, name.as_bytes(), value);
 }
 
 /// `name=value` pairs of `Cookie` header values (already checked to be ASCII).

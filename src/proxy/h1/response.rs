@@ -130,22 +130,22 @@ pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<He
             || named.iter().any(|n| h.name.eq_ignore_ascii_case(n));
         // The gate writes the framing itself, below.
         if !hop && !h.name.eq_ignore_ascii_case("content-length") {
-            write_header(out, h.name.as_bytes(), h.value);
+            write_header(out, h.name, h.value);
         }
     }
     // Canonical, and never lost: not even to an upstream `Connection: content-length`.
     match (framing, length) {
-        (Framing::Chunked, _) => write_header(out, b"transfer-encoding", b"chunked"),
+        (Framing::Chunked, _) => write_header(out, "transfer-encoding", b"chunked"),
         (Framing::Length(n), _) | (Framing::Empty, Some(n)) => {
-            write_header(out, b"content-length", n.to_string().as_bytes());
+            write_header(out, "content-length", n.to_string().as_bytes());
         }
         (Framing::Empty, None) | (Framing::UntilClose, _) => {}
     }
     if client.close || framing == Framing::UntilClose {
-        write_header(out, b"connection", b"close");
+        write_header(out, "connection", b"close");
     }
     if let Some(cookie) = client.set_cookie {
-        write_header(out, b"set-cookie", cookie.as_bytes());
+        write_header(out, "set-cookie", cookie.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 

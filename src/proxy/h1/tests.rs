@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use rand::{Rng, SeedableRng};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -16,15 +15,12 @@ use super::request::{self, Head};
 use super::response::{self, Framing};
 use super::*;
 use crate::admission::CookieMint;
-use crate::snapshot::{CookiePolicy, LiveCert, Route, RouteSource, Snapshot, SnapshotParts};
+use crate::snapshot::{CookiePolicy, LiveCert, Route, Snapshot};
 use crate::telemetry::Metrics;
 
 const HOST: &str = "ha.example";
 
 fn snapshot() -> Snapshot {
-    let cert = rcgen::generate_simple_self_signed(vec![HOST.to_owned()]).expect("cert");
-    let der = CertificateDer::from(cert.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
     let route = Route {
         name: "ha".into(),
         hosts: vec![HOST.into()],
@@ -36,22 +32,13 @@ fn snapshot() -> Snapshot {
         }),
         bypass: Vec::new(),
     };
-    let parts = SnapshotParts {
-        client_ca: vec![der.clone()],
-        routes: vec![RouteSource {
-            route,
-            cert_chain: vec![der],
-            key,
-        }],
-        live: vec![LiveCert {
-            identity: "alice".into(),
-            serial_hex: "a1".into(),
-            fingerprint: [1; 32],
-            labels: Default::default(),
-        }],
-        cookie_keys: vec![[7; 32]],
+    let alice = LiveCert {
+        identity: "alice".into(),
+        serial_hex: "a1".into(),
+        fingerprint: [1; 32],
+        labels: Default::default(),
     };
-    Snapshot::build(parts, 1).expect("snapshot")
+    crate::snapshot::for_tests(route, vec![alice], vec![[7; 32]])
 }
 
 fn shared() -> Shared {
@@ -122,13 +109,14 @@ const SEEDS: &[&str] = &[
     "GET / HTTP/1.1\r\nhost: HA.example\r\nCookie: a=1\r\nConnection: keep-alive\r\n\r\n",
 ];
 
-fn mutate(rng: &mut impl Rng, seed: &[u8]) -> Vec<u8> {
+/// `seed` with one to three splices of `pieces`, removed bytes or random bytes.
+fn mutate(rng: &mut impl Rng, seed: &[u8], pieces: &[&[u8]]) -> Vec<u8> {
     let mut bytes = seed.to_vec();
     for _ in 0..rng.gen_range(1..4) {
         let at = rng.gen_range(0..=bytes.len());
         match rng.gen_range(0..3) {
             0 => {
-                let piece = PIECES[rng.gen_range(0..PIECES.len())];
+                let piece = pieces[rng.gen_range(0..pieces.len())];
                 bytes.splice(at..at, piece.iter().copied());
             }
             1 if at < bytes.len() => {
@@ -169,7 +157,7 @@ fn whatever_the_fast_path_forwards_is_one_unambiguous_request() {
     let mut forwarded = 0;
     for round in 0..20_000 {
         let seed = SEEDS[round % SEEDS.len()].as_bytes();
-        let input = mutate(&mut rng, seed);
+        let input = mutate(&mut rng, seed, PIECES);
         let (forward, head_len) = match request::read(&input, &shared, &conn, &snapshot, &mut out) {
             Head::Forward(forward, len) => (forward, len),
             Head::Partial | Head::Fallback => continue,
@@ -255,17 +243,7 @@ fn whatever_the_client_gets_is_framed_exactly_as_the_gate_reads_it() {
     let mut finals = 0;
     for round in 0..20_000 {
         let seed = RESPONSE_SEEDS[round % RESPONSE_SEEDS.len()].as_bytes();
-        let mut input = seed.to_vec();
-        for _ in 0..rng.gen_range(1..4) {
-            let at = rng.gen_range(0..=input.len());
-            let piece = RESPONSE_PIECES[rng.gen_range(0..RESPONSE_PIECES.len())];
-            match rng.gen_range(0..3) {
-                0 => drop(input.splice(at..at, piece.iter().copied())),
-                1 if at < input.len() => drop(input.remove(at)),
-                _ if at < input.len() => input[at] = rng.r#gen(),
-                _ => {}
-            }
-        }
+        let input = mutate(&mut rng, seed, RESPONSE_PIECES);
         let side = response::ClientSide {
             head_only: round % 7 == 0,
             set_cookie: None,
