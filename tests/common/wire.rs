@@ -26,6 +26,25 @@ pub const READ_WAIT: Duration = Duration::from_secs(10);
 /// `name: value` pairs in the order they came; names as sent.
 pub type Fields = Vec<(String, String)>;
 
+/// A message with header fields: lookups by name, in any case.
+pub trait Headed {
+    fn fields(&self) -> &Fields;
+
+    /// The first value of `name`.
+    fn header(&self, name: &str) -> Option<String> {
+        find(self.fields(), name).into_iter().next()
+    }
+
+    /// Every value of `name`, in order.
+    fn all(&self, name: &str) -> Vec<String> {
+        find(self.fields(), name)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        !self.all(name).is_empty()
+    }
+}
+
 fn find(fields: &Fields, name: &str) -> Vec<String> {
     fields
         .iter()
@@ -105,21 +124,13 @@ impl std::fmt::Debug for WireResponse {
     }
 }
 
+impl Headed for WireResponse {
+    fn fields(&self) -> &Fields {
+        &self.headers
+    }
+}
+
 impl WireResponse {
-    /// The first value of `name` (any case).
-    pub fn header(&self, name: &str) -> Option<String> {
-        find(&self.headers, name).into_iter().next()
-    }
-
-    /// Every value of `name` (any case), in order.
-    pub fn all(&self, name: &str) -> Vec<String> {
-        find(&self.headers, name)
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        !self.all(name).is_empty()
-    }
-
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -154,17 +165,9 @@ pub struct RawRequest {
     pub connection: usize,
 }
 
-impl RawRequest {
-    pub fn header(&self, name: &str) -> Option<String> {
-        find(&self.headers, name).into_iter().next()
-    }
-
-    pub fn all(&self, name: &str) -> Vec<String> {
-        find(&self.headers, name)
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        !self.all(name).is_empty()
+impl Headed for RawRequest {
+    fn fields(&self) -> &Fields {
+        &self.headers
     }
 }
 
