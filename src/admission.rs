@@ -43,6 +43,9 @@ pub enum DenyReason {
     /// A certificate whose identity is no longer live (a resumed TLS session, a revoke
     /// while the connection was open).
     CertificateNotLive,
+    /// A live identity's certificate past its notAfter (a connection or cookie that
+    /// outlived it).
+    CertificateExpired,
     /// A live identity this route's selector does not admit.
     NotAdmitted,
     /// A cookie that failed its MAC, was malformed, or was minted for another host.
@@ -57,6 +60,7 @@ impl DenyReason {
         match self {
             DenyReason::NoCredentials => "no_credentials",
             DenyReason::CertificateNotLive => "certificate_not_live",
+            DenyReason::CertificateExpired => "certificate_expired",
             DenyReason::NotAdmitted => "not_admitted",
             DenyReason::CookieInvalid => "cookie_invalid",
             DenyReason::CookieExpired => "cookie_expired",
@@ -110,6 +114,7 @@ pub fn admit(snapshot: &Snapshot, route: &Route, req: &Request<'_>) -> Decision 
 
     if let Some(fp) = req.client_cert {
         match snapshot.live_by_fingerprint(fp) {
+            Some(cert) if !cert.valid_at(req.now) => reason = DenyReason::CertificateExpired,
             Some(cert) if route.admits(cert) => {
                 return Decision::Certificate {
                     cookie_due: cookie_due(snapshot, route, req, cert),
@@ -126,6 +131,10 @@ pub fn admit(snapshot: &Snapshot, route: &Route, req: &Request<'_>) -> Decision 
         for value in req.cookies {
             match verify_cookie(snapshot.cookie_keys(), value, req.host, req.now) {
                 Ok(serial) => match snapshot.live_by_serial(&serial) {
+                    // A cookie never outlives the certificate that earned it.
+                    Some(cert) if !cert.valid_at(req.now) => {
+                        cookie_reason = Some(DenyReason::CookieExpired);
+                    }
                     Some(cert) if route.admits(cert) => {
                         return Decision::Cookie { cert: cert.clone() };
                     }
@@ -157,15 +166,20 @@ pub fn admit(snapshot: &Snapshot, route: &Route, req: &Request<'_>) -> Decision 
 }
 
 /// Whether the response should set a cookie: the route has the fallback and the request
-/// carries no valid cookie for this identity with more than half its lifetime left.
+/// carries no valid cookie for this identity with more than half its lifetime left (or
+/// one that already lasts as long as the certificate may).
 fn cookie_due(snapshot: &Snapshot, route: &Route, req: &Request<'_>, cert: &LiveCert) -> bool {
     let Some(policy) = route.cookie.as_ref() else {
         return false;
     };
     let refresh_after = req.now + policy.ttl / 2;
+    let longest = cookie::capped_expiry(req.now + policy.ttl, cert.not_after);
     !req.cookies.iter().any(|value| {
-        cookie::verify_cookie_until(snapshot.cookie_keys(), value, req.host, req.now)
-            .is_ok_and(|(serial, expires)| serial == cert.serial_hex && expires > refresh_after)
+        cookie::verify_cookie_until(snapshot.cookie_keys(), value, req.host, req.now).is_ok_and(
+            |(serial, expires)| {
+                serial == cert.serial_hex && (expires > refresh_after || expires >= longest)
+            },
+        )
     })
 }
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::Method;
 use http::uri::Authority;
@@ -29,8 +29,10 @@ pub fn fingerprint(cert_der: &[u8]) -> Fingerprint {
     Sha256::digest(cert_der).into()
 }
 
-/// A device certificate that may be admitted right now: issued by the CA, its
-/// ClientIdentity present and not revoked.
+/// A device certificate that may be admitted: issued by the CA, its ClientIdentity
+/// present and not revoked, its serial not on the revocation ledger. An identity has one
+/// per certificate a device may still hold: the current one and those a renewal
+/// superseded, each until its own notAfter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveCert {
     /// The ClientIdentity's name (`namespace/name` in Kubernetes).
@@ -40,6 +42,17 @@ pub struct LiveCert {
     pub fingerprint: Fingerprint,
     /// The ClientIdentity's labels, matched by routes' identity selectors.
     pub labels: BTreeMap<String, String>,
+    /// The certificate's notAfter: neither it nor a cookie it earned is admitted past
+    /// this instant, whether or not a new snapshot arrives.
+    pub not_after: SystemTime,
+}
+
+impl LiveCert {
+    /// Whether the certificate is within its validity at `now` (notAfter is inclusive,
+    /// as in X.509 and the TLS verifier).
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        now <= self.not_after
+    }
 }
 
 /// The cookie a certificate-authenticated request earns on a route.
@@ -449,6 +462,7 @@ mod tests {
             serial_hex: alice.info.serial_hex.clone(),
             fingerprint: fingerprint(&alice.cert_der),
             labels: Default::default(),
+            not_after: alice.info.not_after,
         })];
         let provider = Arc::new(provider());
         let roots = vec![CertificateDer::from(ca.cert_der().to_vec())];

@@ -6,6 +6,7 @@
 //!        crl.pem  cookie-keys (0600)  revoked.yaml
 //!        routes/<route>/tls.crt|tls.key
 //!        identities/<name>/tls.crt|tls.key|ca.crt|keystore.p12|keystore.p12.password
+//!                          previous.crt   certificates a renewal superseded, still admitted
 //! ```
 //! Every write is atomic (temp file in the same directory, fsync, rename, fsync the
 //! directory): a crash leaves the old file or the new one, never half of one.
@@ -20,6 +21,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use crate::pki::previous::PREVIOUS_CRT;
 use crate::pki::{CertInfo, IssuedCert, RevokedSerial, first_cert_der, inspect, key_for_cert};
 use crate::{Error, Result};
 pub use atomic::write_atomic;
@@ -155,6 +157,24 @@ impl StateDir {
     /// re-issue (a device's credentials are replaceable, unlike the CA).
     pub fn load_identity(&self, name: &str) -> Result<Option<StoredCert>> {
         load_pair(&self.identity_dir(dir_name("identity", name)?))
+    }
+
+    /// `identities/<name>/previous.crt`: the superseded certificates a device may still
+    /// hold ([`crate::pki::previous`]); empty when there are none.
+    pub fn load_previous(&self, name: &str) -> Result<String> {
+        let path = self
+            .identity_dir(dir_name("identity", name)?)
+            .join(PREVIOUS_CRT);
+        match read_optional(&path)? {
+            Some(bytes) => utf8(&path, bytes),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Replaces `identities/<name>/previous.crt`.
+    pub fn save_previous(&self, name: &str, pem: &str) -> Result<()> {
+        let dir = self.identity_dir(dir_name("identity", name)?);
+        write_atomic(&dir.join(PREVIOUS_CRT), pem.as_bytes(), PUBLIC_MODE)
     }
 
     /// Saves a route's server certificate (`routes/<name>/tls.key`, then `tls.crt`).

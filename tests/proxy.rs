@@ -1908,6 +1908,7 @@ async fn certificates_that_are_not_device_certificates_are_refused() -> R {
             serial_hex: ca_key.serial_hex.clone(),
             fingerprint: ca_key.fingerprint,
             labels: Default::default(),
+            not_after: ca_key.not_after,
         })
     });
     let key = {

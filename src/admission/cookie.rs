@@ -51,6 +51,12 @@ pub fn issue_cookie(key: &[u8; 32], serial: &str, host: &str, expires: SystemTim
     )
 }
 
+/// When a cookie minted now should expire: its TTL, but never past the notAfter of the
+/// certificate that earned it (whole seconds, as the cookie carries it).
+pub fn capped_expiry(wanted: SystemTime, not_after: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(unix(wanted.min(not_after)))
+}
+
 /// The `Set-Cookie` header value for a cookie. `__Host-` names require `Secure`, `Path=/`
 /// and no `Domain`; `SameSite=Lax` keeps it off cross-site subrequests.
 pub fn set_cookie_header(name: &str, value: &str, ttl: Duration) -> String {
@@ -149,7 +155,8 @@ struct Minted {
 }
 
 impl CookieMint {
-    /// The `Set-Cookie` value for certificate `serial` on `host`, signed with `key`.
+    /// The `Set-Cookie` value for certificate `serial` on `host`, signed with `key`, valid
+    /// for the policy's TTL but never past `not_after`, the certificate's.
     pub fn set_cookie(
         &self,
         key: &[u8; 32],
@@ -157,6 +164,7 @@ impl CookieMint {
         serial: &str,
         host: &str,
         now: SystemTime,
+        not_after: SystemTime,
     ) -> Option<HeaderValue> {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(m) = last.as_ref()
@@ -168,8 +176,10 @@ impl CookieMint {
         {
             return Some(m.header.clone());
         }
-        let value = issue_cookie(key, serial, host, now + policy.ttl);
-        let header = HeaderValue::from_str(&set_cookie_header(&policy.name, &value, policy.ttl));
+        let expires = capped_expiry(now + policy.ttl, not_after);
+        let max_age = expires.duration_since(now).unwrap_or_default();
+        let value = issue_cookie(key, serial, host, expires);
+        let header = HeaderValue::from_str(&set_cookie_header(&policy.name, &value, max_age));
         // Serials are hex and hosts validated: the value is always valid header text.
         let header = header.ok()?;
         *last = Some(Minted {
@@ -191,6 +201,11 @@ mod tests {
     const KEY: [u8; 32] = [7; 32];
     const HOST: &str = "ha.example.com";
 
+    /// A certificate notAfter far beyond every cookie in these tests.
+    fn far() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(4_000_000_000)
+    }
+
     fn policy() -> CookiePolicy {
         CookiePolicy {
             name: "__Host-portcullis".into(),
@@ -206,7 +221,7 @@ mod tests {
     fn minted_cookie_has_the_host_prefix_attributes_and_verifies() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let set = CookieMint::default()
-            .set_cookie(&KEY, &policy(), "a1", HOST, now)
+            .set_cookie(&KEY, &policy(), "a1", HOST, now, far())
             .expect("minted");
         let set = header_value(&set);
         let value = set
@@ -231,30 +246,67 @@ mod tests {
     fn a_connection_reuses_its_cookie_for_a_minute_and_only_for_the_same_grant() {
         let mint = CookieMint::default();
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let first = mint.set_cookie(&KEY, &policy(), "a1", HOST, now);
+        let first = mint.set_cookie(&KEY, &policy(), "a1", HOST, now, far());
         let later = now + Duration::from_secs(59);
-        assert_eq!(mint.set_cookie(&KEY, &policy(), "a1", HOST, later), first);
+        assert_eq!(
+            mint.set_cookie(&KEY, &policy(), "a1", HOST, later, far()),
+            first
+        );
 
         let minute = now + Duration::from_secs(60);
-        assert_ne!(mint.set_cookie(&KEY, &policy(), "a1", HOST, minute), first);
-        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute);
+        assert_ne!(
+            mint.set_cookie(&KEY, &policy(), "a1", HOST, minute, far()),
+            first
+        );
+        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute, far());
         // Another serial, host, key or policy is never served a cached value.
-        assert_ne!(mint.set_cookie(&KEY, &policy(), "b2", HOST, minute), again);
-        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute);
         assert_ne!(
-            mint.set_cookie(&KEY, &policy(), "a1", "other.example.com", minute),
+            mint.set_cookie(&KEY, &policy(), "b2", HOST, minute, far()),
             again
         );
-        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute);
+        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute, far());
         assert_ne!(
-            mint.set_cookie(&[8; 32], &policy(), "a1", HOST, minute),
+            mint.set_cookie(&KEY, &policy(), "a1", "other.example.com", minute, far()),
             again
         );
-        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute);
+        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute, far());
+        assert_ne!(
+            mint.set_cookie(&[8; 32], &policy(), "a1", HOST, minute, far()),
+            again
+        );
+        let again = mint.set_cookie(&KEY, &policy(), "a1", HOST, minute, far());
         let short = CookiePolicy {
             ttl: Duration::from_secs(600),
             ..policy()
         };
-        assert_ne!(mint.set_cookie(&KEY, &short, "a1", HOST, minute), again);
+        assert_ne!(
+            mint.set_cookie(&KEY, &short, "a1", HOST, minute, far()),
+            again
+        );
+    }
+
+    #[test]
+    fn a_cookie_never_outlives_the_certificate_that_earned_it() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let not_after = now + Duration::from_secs(600);
+        let set = CookieMint::default()
+            .set_cookie(&KEY, &policy(), "a1", HOST, now, not_after)
+            .expect("minted");
+        let set = header_value(&set);
+        assert!(set.contains("; Max-Age=600;"), "{set}");
+        let value = set
+            .strip_prefix("__Host-portcullis=")
+            .and_then(|rest| rest.split_once(';'))
+            .map(|(value, _)| value)
+            .expect("name=value;");
+        assert_eq!(
+            verify_cookie(&[KEY], value, HOST, not_after - Duration::from_secs(1)),
+            Ok("a1".into())
+        );
+        assert_eq!(
+            verify_cookie(&[KEY], value, HOST, not_after),
+            Err(CookieError::Expired),
+            "signed expiry is the certificate's notAfter"
+        );
     }
 }

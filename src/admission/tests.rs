@@ -20,6 +20,7 @@ fn live(name: &str, serial: &str, fp: u8, room: &str) -> LiveCert {
         serial_hex: serial.into(),
         fingerprint: [fp; 32],
         labels: BTreeMap::from([("room".to_owned(), room.to_owned())]),
+        not_after: now() + Duration::from_secs(30 * 86_400),
     }
 }
 
@@ -403,4 +404,67 @@ fn cookie_values_reads_every_cookie_header() {
     );
     assert_eq!(cookie_values(&h, "__Host-portcullis"), vec!["one", "two"]);
     assert!(cookie_values(&h, "missing").is_empty());
+}
+
+/// alice's certificate ends 100 s after `now()`; bob's is far off.
+fn snapshot_with_alice_ending_soon() -> Snapshot {
+    let mut alice = live("alice", "a1", 1, "home");
+    alice.not_after = now() + Duration::from_secs(100);
+    let live = vec![alice, live("bob", "b2", 2, "garage")];
+    crate::snapshot::for_tests(route(None), live, vec![KEY])
+}
+
+#[test]
+fn a_certificate_past_its_not_after_is_refused_even_without_a_new_snapshot() {
+    let snap = snapshot_with_alice_ending_soon();
+    let at = |secs: u64| Case {
+        cert: Some([1; 32]),
+        now: now() + Duration::from_secs(secs),
+        ..Case::get()
+    };
+    assert!(matches!(
+        at(100).decide(&snap),
+        Decision::Certificate { .. }
+    ));
+    assert_eq!(
+        at(101).decide(&snap),
+        Decision::Deny(DenyReason::CertificateExpired)
+    );
+}
+
+#[test]
+fn a_cookie_is_refused_past_the_not_after_of_the_certificate_that_earned_it() {
+    let snap = snapshot_with_alice_ending_soon();
+    // A cookie signed to last an hour (minted before the cap existed, or by a bug).
+    let long = Case {
+        cookies: vec![cookie(&KEY, "a1", HOST, 3600)],
+        now: now() + Duration::from_secs(101),
+        ..Case::get()
+    };
+    assert_eq!(
+        long.decide(&snap),
+        Decision::Deny(DenyReason::CookieExpired)
+    );
+    let before = Case {
+        now: now() + Duration::from_secs(99),
+        ..long
+    };
+    assert!(matches!(before.decide(&snap), Decision::Cookie { .. }));
+}
+
+#[test]
+fn a_cookie_capped_at_the_certificates_end_is_not_minted_again_on_every_request() {
+    let snap = snapshot_with_alice_ending_soon();
+    let capped = Case {
+        cert: Some([1; 32]),
+        cookies: vec![cookie(&KEY, "a1", HOST, 100)],
+        ..Case::get()
+    };
+    assert!(matches!(
+        capped.decide(&snap),
+        Decision::Certificate {
+            cookie_due: false,
+            ..
+        }
+    ));
 }

@@ -23,7 +23,7 @@ use super::names::{
     CRL_SIGNED_AT_ANNOTATION,
 };
 use super::{Error, Result};
-use crate::pki::{Ca, RevokedSerial, parse_serial_hex};
+use crate::pki::{Ca, RevokedSerial, canonical_serial, parse_ledger_json};
 use crate::sources::reconcile::CRL_VALIDITY;
 
 /// `crl.pem` is re-signed when older than this, long before its `nextUpdate`.
@@ -45,12 +45,7 @@ pub fn parse_ledger(secret: Option<&Secret>) -> Result<Vec<RevokedSerial>, Strin
     let Some(bytes) = secret.and_then(|s| secret_bytes(s, CRL_LEDGER_KEY)) else {
         return Ok(Vec::new());
     };
-    let ledger: Vec<RevokedSerial> = serde_json::from_slice(bytes)
-        .map_err(|e| format!("{CRL_LEDGER_KEY} does not parse: {e}"))?;
-    for r in &ledger {
-        parse_serial_hex(&r.serial_hex).map_err(|e| format!("{CRL_LEDGER_KEY}: {e}"))?;
-    }
-    Ok(ledger)
+    parse_ledger_json(bytes).map_err(|e| format!("{CRL_LEDGER_KEY} {e}"))
 }
 
 /// Adds the serials of `add` not yet on `ledger` (compared in canonical form). Returns
@@ -76,7 +71,7 @@ pub fn merge(ledger: &mut Vec<RevokedSerial>, add: &[RevokedSerial]) -> bool {
 
 /// A serial in the form [`crate::pki::CertInfo::serial_hex`] uses.
 pub fn canonical(serial: &str) -> Option<String> {
-    parse_serial_hex(serial).ok().map(hex::encode)
+    canonical_serial(serial)
 }
 
 /// The ledger as stored in `revoked.json`.

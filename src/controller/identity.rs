@@ -27,7 +27,8 @@ use super::identity_plan::{
 use super::identity_status::{Facts, Outcome, comparable, status};
 use super::names::{CRL_FINALIZER, identity_secret_name};
 use super::{Error, Result};
-use crate::pki::renewal::{ClientWant, renew_at};
+use crate::pki::previous::{parse_previous, supersede};
+use crate::pki::renewal::{ClientWant, issued_by, renew_at};
 use crate::pki::{Ca, IssuedCert, RevokedSerial, export_pkcs12};
 use crate::resources::ClientIdentity;
 use crate::resources::validate::{
@@ -217,6 +218,7 @@ async fn ensure(
     };
     let decision = plan(stored, &want, &ca, revoked, now);
     let password = password_for(&want, stored_ok);
+    let mut previous = stored_ok.map(|s| s.previous.clone()).unwrap_or_default();
     let (cert, p12, event) = match (decision, stored_ok) {
         (Plan::Keep, Some(s)) => {
             let p12 = s.p12.clone().unwrap_or_default();
@@ -250,10 +252,22 @@ async fn ensure(
             )
             .await?;
             let kind = if first { "Issued" } else { "Renewed" };
-            let note = format!(
+            let mut note = format!(
                 "certificate serial {} issued ({reason})",
                 cert.info.serial_hex
             );
+            // The device still holds the certificate this one replaces: it stays admitted
+            // (previous.crt) until its notAfter, never revoked by a renewal.
+            if let Some(old) =
+                stored_ok.filter(|s| !revoked && issued_by(&s.cert.cert_der, ca.cert_der()))
+            {
+                previous = supersede(Some(&old.previous), &old.cert.cert_pem, now);
+                note.push_str(&format!(
+                    "; serial {} stays admitted until {} or until revoked",
+                    old.cert.info.serial_hex,
+                    humantime::format_rfc3339_seconds(old.cert.info.not_after)
+                ));
+            }
             (cert, p12, Some((kind, note)))
         }
     };
@@ -263,21 +277,10 @@ async fn ensure(
         p12: &p12,
         password: &password,
         issued_for: &want.issued_for(),
+        previous: &previous,
     };
     let desired = identity_secret(ci, ns, &files)?;
     apply_secret(secrets, &desired, existing).await?;
-    if event.is_some()
-        && let Some(old) = stored_ok
-            .map(|s| &s.cert.info.serial_hex)
-            .filter(|old| **old != cert.info.serial_hex)
-    {
-        // The superseded certificate is refused from now on, like in standalone mode.
-        let entry = RevokedSerial {
-            serial_hex: old.clone(),
-            revoked_at: SystemTime::now(),
-        };
-        ctx.crl.publish(Some(&ca), &[entry]).await?;
-    }
     Ok(Ok(Ensured { cert, event }))
 }
 
@@ -311,12 +314,17 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Puts the identity's serials (its Secret's and its status's) on the CRL, once.
+/// Puts every serial of the identity (its Secret's current and superseded certificates,
+/// its status's) on the CRL, once.
 async fn revoke(ci: &ClientIdentity, ctx: &Context, stored: Option<&Stored>) -> Result<()> {
     let mut serials: Vec<String> = stored
         .map(|s| s.cert.info.serial_hex.clone())
         .into_iter()
         .collect();
+    let previous = stored
+        .map(|s| parse_previous(&s.previous))
+        .unwrap_or_default();
+    serials.extend(previous.into_iter().map(|p| p.info.serial_hex));
     serials.extend(ci.status.as_ref().and_then(|s| s.serial_number.clone()));
     let mut add = Vec::new();
     for serial in serials {

@@ -18,6 +18,7 @@ use super::names::{
     TLS_KEY, TLS_SECRET_TYPE, identity_secret_name,
 };
 use super::{Error, Result};
+use crate::pki::previous::PREVIOUS_CRT;
 use crate::pki::renewal::{ClientWant, client_reissue_reason};
 use crate::pki::{
     Ca, IssuedCert, MIN_PASSWORD_LEN, first_cert_der, generate_password, inspect, key_der_from_pem,
@@ -74,6 +75,8 @@ pub struct Stored {
     pub password: Option<String>,
     /// The annotation, when present and parsable.
     pub issued_for: Option<IssuedFor>,
+    /// `previous.crt`: certificates a renewal superseded that a device may still hold.
+    pub previous: String,
 }
 
 /// Reads an identity Secret; `Err` says why its certificate or key is unusable (it is then
@@ -103,6 +106,9 @@ pub fn read_stored(secret: &Secret) -> Result<Stored, String> {
         p12: secret_bytes(secret, KEYSTORE_P12).map(<[u8]>::to_vec),
         password: secret_text(secret, KEYSTORE_PASSWORD).map(str::to_owned),
         issued_for,
+        previous: secret_text(secret, PREVIOUS_CRT)
+            .unwrap_or_default()
+            .to_owned(),
     })
 }
 
@@ -255,6 +261,8 @@ pub struct IdentityFiles<'a> {
     pub password: &'a str,
     /// What it was minted from.
     pub issued_for: &'a IssuedFor,
+    /// Superseded certificates still admitted (`previous.crt`; left out when empty).
+    pub previous: &'a str,
 }
 
 /// The `<name>-client` Secret for `ci`, owned by it.
@@ -272,6 +280,19 @@ pub fn identity_secret(
         what: "the issued-for annotation",
         source,
     })?;
+    let mut data = BTreeMap::from([
+        (TLS_CRT.to_owned(), files.cert.cert_pem.as_bytes().to_vec()),
+        (TLS_KEY.to_owned(), files.cert.key_pem.as_bytes().to_vec()),
+        (CA_CRT.to_owned(), files.ca_pem.as_bytes().to_vec()),
+        (KEYSTORE_P12.to_owned(), files.p12.to_vec()),
+        (
+            KEYSTORE_PASSWORD.to_owned(),
+            files.password.as_bytes().to_vec(),
+        ),
+    ]);
+    if !files.previous.is_empty() {
+        data.insert(PREVIOUS_CRT.to_owned(), files.previous.as_bytes().to_vec());
+    }
     Ok(SecretSpec {
         name: identity_secret_name(name),
         namespace,
@@ -279,16 +300,7 @@ pub fn identity_secret(
         labels: vec![(IDENTITY_LABEL, name.to_owned())],
         annotations: vec![(ISSUED_FOR_ANNOTATION, issued_for)],
         owner: owner_ref(ci),
-        data: BTreeMap::from([
-            (TLS_CRT.to_owned(), files.cert.cert_pem.as_bytes().to_vec()),
-            (TLS_KEY.to_owned(), files.cert.key_pem.as_bytes().to_vec()),
-            (CA_CRT.to_owned(), files.ca_pem.as_bytes().to_vec()),
-            (KEYSTORE_P12.to_owned(), files.p12.to_vec()),
-            (
-                KEYSTORE_PASSWORD.to_owned(),
-                files.password.as_bytes().to_vec(),
-            ),
-        ]),
+        data,
     }
     .build())
 }

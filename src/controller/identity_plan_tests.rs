@@ -38,6 +38,7 @@ fn minted(ca: &Ca, want: &Want<'_>) -> Secret {
         p12: &p12,
         password: &password,
         issued_for: &want.issued_for(),
+        previous: "",
     };
     identity_secret(&ci, "home", &files).unwrap()
 }

@@ -88,6 +88,23 @@ pub fn parse_serial_hex(text: &str) -> Result<Vec<u8>> {
     Ok(magnitude)
 }
 
+/// A serial in the form [`crate::pki::CertInfo::serial_hex`] uses, so ledgers written by
+/// hand or by other tools compare equal.
+pub fn canonical_serial(serial: &str) -> Option<String> {
+    parse_serial_hex(serial).ok().map(hex::encode)
+}
+
+/// Reads a ledger as the CRL Secret's `revoked.json` holds it (a JSON array of
+/// `{"serial", "revokedAt"}`); `Err` says what is wrong with it.
+pub fn parse_ledger_json(bytes: &[u8]) -> std::result::Result<Vec<RevokedSerial>, String> {
+    let ledger: Vec<RevokedSerial> =
+        serde_json::from_slice(bytes).map_err(|e| format!("does not parse: {e}"))?;
+    for r in &ledger {
+        parse_serial_hex(&r.serial_hex).map_err(|e| e.to_string())?;
+    }
+    Ok(ledger)
+}
+
 /// `SystemTime` as RFC 3339 text, so the ledger is readable and editable by hand.
 mod rfc3339 {
     use std::time::SystemTime;

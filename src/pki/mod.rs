@@ -14,6 +14,7 @@ mod ca;
 mod crl;
 mod issue;
 pub mod pkcs12;
+pub mod previous;
 pub mod renewal;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +27,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::{Error, Result};
 
 pub use ca::Ca;
-pub use crl::{RevokedSerial, parse_serial_hex};
+pub use crl::{RevokedSerial, canonical_serial, parse_ledger_json, parse_serial_hex};
 pub use pkcs12::{MIN_PASSWORD_LEN, export_pkcs12, generate_password};
 
 /// A certificate and its private key, in the encodings the rest of Portcullis needs.

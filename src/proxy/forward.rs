@@ -196,7 +196,7 @@ pub(super) fn earned_cookie(
             Some(key),
         ) => conn
             .cookie_mint
-            .set_cookie(key, policy, &cert.serial_hex, host, now),
+            .set_cookie(key, policy, &cert.serial_hex, host, now, cert.not_after),
         _ => None,
     }
 }

@@ -9,6 +9,7 @@
 //! ```
 //! It only reads: the controller (possibly another replica, the lease holder) writes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +23,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::live::{Held, live_certs};
 use super::routes::resolve;
 use crate::controller::names;
+use crate::pki::previous::{PREVIOUS_CRT, parse_previous};
+use crate::pki::{canonical_serial, parse_ledger_json};
 use crate::resources::{ClientIdentity, ProtectedRoute};
-use crate::snapshot::{LiveCert, RouteSource, Snapshot, SnapshotParts};
+use crate::snapshot::{RouteSource, Snapshot, SnapshotParts};
 use crate::telemetry::{FailureLabels, Metrics};
 use crate::{Error, Result};
 
@@ -254,37 +258,43 @@ fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Sna
             Err(e) => tracing::warn!(route = %name, error = %e, "route not served"),
         }
     }
+    let ledger = revocation_ledger(stores, ns)?;
+    let now = std::time::SystemTime::now();
     let mut live = Vec::new();
     for identity in stores.identities.state() {
         if identity.spec.revoked || identity.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let namespace = identity.namespace().unwrap_or_default();
+        let name = format!("{namespace}/{}", identity.name_any());
         let secret_name = names::identity_secret_name(&identity.name_any());
-        let Some(cert) = stores
-            .secret(&namespace, &secret_name)
-            .and_then(|s| secret_bytes(&s, "tls.crt").map(<[u8]>::to_vec))
-        else {
+        let Some(secret) = stores.secret(&namespace, &secret_name) else {
             continue; // Not minted yet.
         };
+        let Some(cert) = secret_bytes(&secret, names::TLS_CRT) else {
+            continue;
+        };
         // One unreadable certificate leaves that device out, never the whole snapshot.
-        let parsed = CertificateDer::from_pem_slice(&cert)
-            .map_err(|e| e.to_string())
-            .and_then(|der| {
-                let info = crate::pki::inspect(&der).map_err(|e| e.to_string())?;
-                Ok((der, info))
-            });
-        match parsed {
-            Ok((der, info)) => live.push(LiveCert {
-                identity: format!("{namespace}/{}", identity.name_any()),
-                serial_hex: info.serial_hex,
-                fingerprint: crate::snapshot::fingerprint(&der),
-                labels: identity.labels().clone(),
-            }),
+        let current = match crate::pki::first_cert_der(&String::from_utf8_lossy(cert))
+            .and_then(|der| crate::pki::inspect(&der))
+        {
+            Ok(info) => info,
             Err(e) => {
-                tracing::warn!(identity = %format!("{namespace}/{}", identity.name_any()), error = %e, "device certificate unreadable; device not admitted")
+                tracing::warn!(identity = %name, error = %e, "device certificate unreadable; device not admitted");
+                continue;
             }
-        }
+        };
+        let previous = secret_bytes(&secret, PREVIOUS_CRT)
+            .map(|pem| parse_previous(&String::from_utf8_lossy(pem)))
+            .unwrap_or_default();
+        let held = Held {
+            identity: name,
+            labels: identity.labels(),
+            certs: std::iter::once(&current)
+                .chain(previous.iter().map(|p| &p.info))
+                .collect(),
+        };
+        live.extend(live_certs(&held, |s| ledger.contains(s), now));
     }
     Snapshot::build(
         SnapshotParts {
@@ -295,6 +305,30 @@ fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Sna
         },
         generation,
     )
+}
+
+/// The serials on the revocation ledger (the CRL Secret's `revoked.json`): never admitted,
+/// whatever an identity Secret holds (a Secret restored from a backup, an identity revoked
+/// and reinstated while the controller is down). A ledger that does not parse fails the
+/// build, so the last good snapshot keeps serving rather than forgetting revocations.
+fn revocation_ledger(stores: &Stores, ns: &str) -> Result<HashSet<String>> {
+    let Some(secret) = stores.secret(ns, names::CRL_SECRET) else {
+        return Ok(HashSet::new()); // Nothing revoked yet.
+    };
+    let Some(bytes) = secret_bytes(&secret, names::CRL_LEDGER_KEY) else {
+        return Ok(HashSet::new());
+    };
+    let ledger = parse_ledger_json(bytes).map_err(|e| {
+        Error::Config(format!(
+            "revocation ledger {} of Secret {ns}/{} {e}; restore it from a backup",
+            names::CRL_LEDGER_KEY,
+            names::CRL_SECRET
+        ))
+    })?;
+    Ok(ledger
+        .into_iter()
+        .filter_map(|r| canonical_serial(&r.serial_hex))
+        .collect())
 }
 
 /// A route with its server certificate; `upstream.service` becomes the Service's cluster

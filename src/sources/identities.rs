@@ -3,7 +3,8 @@
 //! re-exported (same certificate) when only its profile or password changed.
 //!
 //! Re-issuing forces the owner to re-import on the device, so it happens only when the
-//! certificate itself must change.
+//! certificate itself must change, and never revokes the certificate the device holds: it
+//! moves to `previous.crt` and stays admitted until its notAfter.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::certs;
 use super::config::Config;
+use super::live::{Held, live_certs};
 use super::name_of;
 use super::reconcile::Ctx;
+use crate::pki::previous::{Previous, parse_previous, pem_of, supersede};
 use crate::pki::{self, IssuedCert, export_pkcs12, generate_password};
 use crate::resources::validate::{IdentityTiming, identity_timing};
 use crate::resources::{ClientIdentity, KeyAlgorithm, Pkcs12Profile};
@@ -44,20 +47,26 @@ struct Written {
 }
 
 impl Ctx<'_> {
-    /// Ensures an identity's credentials; the live certificate unless it is revoked.
+    /// Ensures an identity's credentials; its live certificates (the current one and the
+    /// superseded ones a device may still hold) unless it is revoked.
     pub(super) fn identity(
         &mut self,
         config: &Config,
         ci: &ClientIdentity,
-    ) -> Result<Option<LiveCert>> {
+    ) -> Result<Vec<LiveCert>> {
         let name = name_of(&ci.metadata);
         let existing = self.stored_identity(name)?;
+        let previous = parse_previous(&self.state.load_previous(name)?);
         if ci.spec.revoked {
-            if let Some(c) = existing {
-                let serial = c.info.serial_hex;
-                self.revoke(&serial, format!("identity {name} revoked: serial {serial}"));
+            let held = existing
+                .iter()
+                .map(|c| &c.info)
+                .chain(previous.iter().map(|p| &p.info));
+            for info in held {
+                let serial = &info.serial_hex;
+                self.revoke(serial, format!("identity {name} revoked: serial {serial}"));
             }
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let timing = identity_timing(&ci.spec).map_err(|p| {
             Error::Config(format!(
@@ -73,31 +82,55 @@ impl Ctx<'_> {
             profile: ci.spec.pkcs12.profile,
             password: config.passwords.get(name).map(String::as_str),
         };
-        let cert = match existing {
-            None => self.issue_identity(&want, "new identity")?,
+        let (cert, previous) = match existing {
+            None => (self.issue_identity(&want, "new identity")?, previous),
             Some(c) => match self.reissue_reason(&c, &want) {
                 None => {
                     self.refresh_p12(&c, &want)?;
-                    c
+                    (c, previous)
                 }
                 Some(reason) => {
-                    let new = self.issue_identity(&want, &reason)?;
-                    let old = &c.info.serial_hex;
-                    self.revoke(
-                        old,
-                        format!("identity {name}: superseded serial {old} revoked"),
-                    );
-                    new
+                    let previous = self.supersede(name, &c, &previous)?;
+                    (self.issue_identity(&want, &reason)?, previous)
                 }
             },
         };
         self.expiry("identity", name, cert.info.not_after);
-        Ok(Some(LiveCert {
+        let labels = ci.metadata.labels.clone().unwrap_or_default();
+        let held = Held {
             identity: name.to_owned(),
-            serial_hex: cert.info.serial_hex,
-            fingerprint: cert.info.fingerprint,
-            labels: ci.metadata.labels.clone().unwrap_or_default(),
-        }))
+            labels: &labels,
+            certs: std::iter::once(&cert.info)
+                .chain(previous.iter().map(|p| &p.info))
+                .collect(),
+        };
+        Ok(live_certs(&held, |s| self.is_revoked(s), SystemTime::now()))
+    }
+
+    /// Keeps a certificate a re-issue replaces in `previous.crt`, so the device holding it
+    /// stays admitted until its notAfter (written before the new certificate: a crash in
+    /// between leaves it in both places, which is harmless). Not one that is revoked or
+    /// from another CA: those could not be admitted anyway.
+    fn supersede(
+        &mut self,
+        name: &str,
+        old: &StoredCert,
+        previous: &[Previous],
+    ) -> Result<Vec<Previous>> {
+        let keep = !self.is_revoked(&old.info.serial_hex)
+            && certs::issued_by(&old.cert_der, self.ca.cert_der());
+        if !keep {
+            return Ok(previous.to_vec());
+        }
+        let earlier: String = previous.iter().map(|p| pem_of(&p.der)).collect();
+        let bundle = supersede(Some(&earlier), &old.cert_pem, SystemTime::now());
+        self.state.save_previous(name, &bundle)?;
+        let serial = &old.info.serial_hex;
+        self.changed(format!(
+            "identity {name}: serial {serial} superseded; still admitted until {} (previous.crt)",
+            humantime::format_rfc3339_seconds(old.info.not_after)
+        ));
+        Ok(parse_previous(&bundle))
     }
 
     /// The stored credentials; unusable ones are logged and replaced (unlike the CA, a

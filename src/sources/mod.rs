@@ -18,6 +18,7 @@ mod devices;
 mod external;
 pub mod file;
 mod identities;
+mod live;
 pub mod reconcile;
 mod routes;
 mod yaml;

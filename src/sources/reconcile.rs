@@ -16,6 +16,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::config::Config;
 use super::name_of;
+use crate::pki::previous::parse_previous;
 use crate::pki::{Ca, RevokedSerial};
 use crate::snapshot::SnapshotParts;
 use crate::state::StateDir;
@@ -163,18 +164,23 @@ impl Ctx<'_> {
             if name.starts_with('.') || names.contains(name.as_str()) || !entry.path().is_dir() {
                 continue;
             }
-            match self.state.load_identity(&name) {
-                Ok(Some(cert)) => self.revoke(
-                    &cert.info.serial_hex,
-                    format!(
-                        "identity {name} is no longer in the config: revoked serial {}; its files \
-                         stay in {}",
-                        cert.info.serial_hex,
-                        entry.path().display()
-                    ),
-                ),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("removed identity {name}: {e}"),
+            let current = match self.state.load_identity(&name) {
+                Ok(cert) => cert.map(|c| c.info),
+                Err(e) => {
+                    tracing::warn!("removed identity {name}: {e}");
+                    None
+                }
+            };
+            let previous = self.state.load_previous(&name).unwrap_or_default();
+            let previous = parse_previous(&previous).into_iter().map(|p| p.info);
+            for info in current.into_iter().chain(previous) {
+                let serial = info.serial_hex;
+                let why = format!(
+                    "identity {name} is no longer in the config: revoked serial {serial}; its \
+                     files stay in {}",
+                    entry.path().display()
+                );
+                self.revoke(&serial, why);
             }
         }
         Ok(())

@@ -170,6 +170,7 @@ pub fn live_with_labels(identity: &str, cert: &IssuedCert, labels: &[(&str, &str
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        not_after: cert.info.not_after,
     }
 }
 

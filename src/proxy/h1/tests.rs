@@ -37,6 +37,7 @@ fn snapshot() -> Snapshot {
         serial_hex: "a1".into(),
         fingerprint: [1; 32],
         labels: Default::default(),
+        not_after: std::time::SystemTime::now() + Duration::from_secs(86_400),
     };
     crate::snapshot::for_tests(route, vec![alice], vec![[7; 32]])
 }

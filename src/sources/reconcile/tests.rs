@@ -239,10 +239,25 @@ fn key_algorithm_change_reissues_and_profile_change_only_rewrites_the_p12() {
         "{:?}",
         out.changes
     );
+    // The phone still holds the superseded certificate: never revoked by a re-issue, it
+    // stays admitted (previous.crt) beside the new one until its notAfter.
+    assert!(f.crl_serials().is_empty(), "superseded serial revoked");
+    let alices: Vec<&str> = out
+        .parts
+        .live
+        .iter()
+        .filter(|c| c.identity == "alice")
+        .map(|c| c.serial_hex.as_str())
+        .collect();
     assert_eq!(
-        f.crl_serials(),
-        vec![alice(&first).serial_hex],
-        "superseded serial revoked"
+        alices,
+        [&alice(&out).serial_hex, &alice(&first).serial_hex],
+        "new and superseded both live"
+    );
+    let previous = String::from_utf8(f.file("identities/alice/previous.crt")).unwrap();
+    assert_eq!(
+        crate::pki::inspect_pem(&previous).unwrap().serial_hex,
+        alice(&first).serial_hex
     );
     let cert = f.state.load_identity("alice").unwrap().unwrap();
     assert_eq!(
@@ -334,8 +349,59 @@ fn validity_change_reissues_but_rewording_it_does_not() {
         .unwrap();
     assert_eq!(longer.changes.len(), 2, "{:?}", longer.changes);
     assert!(
-        longer.changes[0].contains("(validity changed)"),
+        longer.changes[0].contains("superseded; still admitted until"),
         "{:?}",
         longer.changes
     );
+    assert!(
+        longer.changes[1].contains("(validity changed)"),
+        "{:?}",
+        longer.changes
+    );
+}
+
+#[test]
+fn revoking_after_a_renewal_revokes_every_serial_and_reinstating_issues_a_fresh_one() {
+    let f = Fixture::new();
+    let serials = |o: &Outcome| -> Vec<String> {
+        o.parts
+            .live
+            .iter()
+            .filter(|c| c.identity == "alice")
+            .map(|c| c.serial_hex.clone())
+            .collect()
+    };
+    let first = serials(&f.run(&two()).unwrap());
+    let renewed = serials(
+        &f.run(&two().replacen("validity: 30d", "validity: 60d", 1))
+            .unwrap(),
+    );
+    assert_eq!(renewed.len(), 2, "{renewed:?}");
+    assert_eq!(renewed[1], first[0]);
+
+    let revoked = format!(
+        "{ROUTE}{}{}",
+        identity("alice", "  revoked: true\n"),
+        identity("bob", "")
+    )
+    .replacen("validity: 30d", "validity: 60d", 1);
+    let out = f.run(&revoked).unwrap();
+    assert!(serials(&out).is_empty());
+    let mut crl = f.crl_serials();
+    crl.sort();
+    let mut expected = renewed.clone();
+    expected.sort();
+    assert!(
+        expected.iter().all(|s| crl.contains(s)),
+        "every serial of the identity is on the CRL: {crl:?} {expected:?}"
+    );
+
+    // Reinstated: one fresh certificate; the revoked ones stay off the live set even though
+    // previous.crt and the files still hold them (the ledger is ground truth).
+    let back = serials(
+        &f.run(&two().replacen("validity: 30d", "validity: 60d", 1))
+            .unwrap(),
+    );
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert!(!renewed.contains(&back[0]));
 }
