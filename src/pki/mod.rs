@@ -1,11 +1,12 @@
 //! The installation's small certificate authority: device and server certificates, the CRL
-//! and the `.p12` files handed to devices.
+//! and the `.p12` / `.mobileconfig` files handed to devices.
 //!
 //! ```text
 //!  Ca::generate / Ca::from_pem ──▶ Ca ──issue_server──▶ IssuedCert (route)
 //!                                  │ ──issue_client──▶ IssuedCert ──export_pkcs12──▶ .p12
 //!                                  └ ──crl(revoked)──▶ crl.pem
 //! ```
+//! [`mobileconfig()`] wraps a `.p12` in an Apple configuration profile for iPhones and Macs.
 //! Everything is pure Rust (rcgen + ring, rsa for RSA key generation, p12-keystore); nothing
 //! links OpenSSL. Certificates are described by [`CertInfo`], read back from the DER with
 //! x509-parser, so what we report is exactly what a verifier sees.
@@ -13,6 +14,7 @@
 mod ca;
 mod crl;
 mod issue;
+pub mod mobileconfig;
 pub mod pkcs12;
 pub mod previous;
 pub mod renewal;
@@ -28,6 +30,7 @@ use crate::{Error, Result};
 
 pub use ca::Ca;
 pub use crl::{RevokedSerial, canonical_serial, parse_ledger_json, parse_serial_hex};
+pub use mobileconfig::{MOBILECONFIG_CONTENT_TYPE, MobileConfig, mobileconfig};
 pub use pkcs12::{MIN_PASSWORD_LEN, export_pkcs12, generate_password};
 
 /// A certificate and its private key, in the encodings the rest of Portcullis needs.
