@@ -177,7 +177,8 @@ impl CookieMint {
             return Some(m.header.clone());
         }
         let expires = capped_expiry(now + policy.ttl, not_after);
-        let max_age = expires.duration_since(now).unwrap_or_default();
+        let left = Duration::from_secs(unix(not_after).saturating_sub(unix(now)));
+        let max_age = policy.ttl.min(left);
         let value = issue_cookie(key, serial, host, expires);
         let header = HeaderValue::from_str(&set_cookie_header(&policy.name, &value, max_age));
         // Serials are hex and hosts validated: the value is always valid header text.
