@@ -8,6 +8,20 @@
 //! - [`Browser::run`] starts Chromium through `tests/browser/drive.mjs` (Node +
 //!   playwright-core), plays the [`Step`]s, closes it, and returns one result per step.
 //!
+//! A flow across runs, e.g. an enrollment link (Chromium is closed between runs, as a user
+//! quits it; the NSS database and cookies stay):
+//!
+//! ```ignore
+//! let browser = gate.browser();
+//! let got = browser.run(&[
+//!     Step::goto(link),
+//!     Step::click("button"),
+//!     Step::download("a[download]", browser.home().join("device.p12")),
+//! ]);
+//! browser.import_p12(&got.download(2).path, &password);
+//! assert_eq!(browser.run(&[Step::goto(gate.url("/"))]).page(0).status, 200);
+//! ```
+//!
 //! What is needed (`.ci/run` installs it): `/usr/bin/chromium`, `certutil` and `pk12util`
 //! (libnss3-tools), `node`, `tests/browser/node_modules` (`npm ci`), and root, to write the
 //! managed Chromium policy that selects client certificates without the picker headless
@@ -342,6 +356,10 @@ impl Browser {
 
     /// Starts Chromium, plays `steps`, closes it: one result per step. Panics when a step
     /// fails (with the driver's error and the page's console).
+    ///
+    /// It blocks the calling thread for the whole run (seconds). In a `#[tokio::test]`
+    /// whose upstream runs on the test's runtime, use `flavor = "multi_thread"`: the test
+    /// body blocks, the upstream's tasks go on on the worker threads.
     pub fn run(&self, steps: &[Step]) -> Results {
         match self.try_run(steps) {
             Ok(results) => results,
@@ -532,6 +550,28 @@ impl Step {
     pub fn click(selector: &str) -> Step {
         Step::Click {
             selector: selector.to_owned(),
+        }
+    }
+
+    pub fn fill(selector: &str, value: &str) -> Step {
+        Step::Fill {
+            selector: selector.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    pub fn wait_for(selector: &str) -> Step {
+        Step::WaitFor {
+            selector: selector.to_owned(),
+        }
+    }
+
+    /// A `GET` from the page (for a POST, build [`Step::Fetch`]).
+    pub fn fetch(url: impl Into<String>) -> Step {
+        Step::Fetch {
+            url: url.into(),
+            method: None,
+            body: None,
         }
     }
 
