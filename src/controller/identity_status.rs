@@ -70,6 +70,8 @@ pub fn status(
         conditions: merge(existing, &wanted, ci.metadata.generation, now_t),
         observed_generation: ci.metadata.generation,
         last_seen: None,
+        previous: Vec::new(),
+        seen: Vec::new(),
     }
 }
 
@@ -165,6 +167,7 @@ fn expiring(outcome: &Outcome, facts: &Facts<'_>, now: SystemTime) -> Want {
 pub fn comparable(current: Option<&ClientIdentityStatus>) -> Option<ClientIdentityStatus> {
     current.cloned().map(|s| ClientIdentityStatus {
         last_seen: None,
+        seen: Vec::new(),
         ..s
     })
 }

@@ -120,7 +120,36 @@ pub struct ClientIdentityStatus {
     /// The generation these conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// When the device was last admitted (coarse).
+    /// When the device was last admitted (coarse: written by the data plane at most once
+    /// a minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
+    /// Certificates a renewal superseded that the device may still hold: each stays
+    /// admitted until its notAfter or until the identity is revoked or deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<PreviousCertificate>,
+    /// Which certificates the device was admitted with, and when last (written by the data
+    /// plane, at most once a minute per identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<SeenCertificate>,
+}
+
+/// A superseded certificate still admitted.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousCertificate {
+    /// Serial number (hex).
+    pub serial_number: String,
+    /// End of its validity: it is admitted until then.
+    pub not_after: Time,
+}
+
+/// When the device last presented one of its certificates (or a cookie it earned).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenCertificate {
+    /// Serial number (hex).
+    pub serial_number: String,
+    /// Last admission with it (coarse).
+    pub last_seen: Time,
 }

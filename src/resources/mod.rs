@@ -10,7 +10,7 @@ pub mod validate;
 
 pub use client_identity::{
     ClientIdentity, ClientIdentitySpec, ClientIdentityStatus, KeyAlgorithm, Pkcs12Profile,
-    Pkcs12Spec, SecretKeyRef,
+    Pkcs12Spec, PreviousCertificate, SecretKeyRef, SeenCertificate,
 };
 pub use protected_route::{
     BypassRule, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute, ProtectedRouteSpec,
