@@ -65,6 +65,8 @@ pub fn error_policy(ci: Arc<ClientIdentity>, error: &Error, ctx: Arc<Context>) -
 /// What the Secret ended up holding after [`ensure`].
 struct Ensured {
     cert: IssuedCert,
+    /// `previous.crt` as written.
+    previous: String,
     /// `Issued` / `Renewed` and a note, when a new certificate was minted.
     event: Option<(&'static str, String)>,
 }
@@ -109,11 +111,24 @@ async fn apply(ci: Arc<ClientIdentity>, ctx: &Context) -> Result<Action> {
         .map(|s| &s.cert);
     let cert = ensured.as_ref().map(|e| &e.cert).or(stored_cert);
     let renew_before = timing.map_or(MAX_DEFAULT_RENEW_BEFORE, |t| t.renew_before);
+    let previous_pem = match &ensured {
+        Some(e) => e.previous.as_str(),
+        None => stored
+            .as_ref()
+            .and_then(|s| s.as_ref().ok())
+            .map_or("", |s| s.previous.as_str()),
+    };
+    let previous: Vec<_> = parse_previous(previous_pem)
+        .into_iter()
+        .map(|p| p.info)
+        .filter(|p| now <= p.not_after)
+        .collect();
     let facts = Facts {
         cert: cert.map(|c| &c.info),
         secret: (ensured.is_some() || existing.is_some()).then(|| secret_name.clone()),
         namespace: &ns,
         renew_before,
+        previous: &previous,
     };
     let new_status = status(&ci, &outcome, &facts, now, &super::conditions::now());
     let api: Api<ClientIdentity> = Api::namespaced(ctx.client.clone(), &ns);
@@ -154,7 +169,16 @@ async fn apply(ci: Arc<ClientIdentity>, ctx: &Context) -> Result<Action> {
         }
     }
     Ok(match (&outcome, cert) {
-        (Outcome::Ready, Some(c)) => requeue_until(renew_at(c.info.not_after, renew_before), now),
+        (Outcome::Ready, Some(c)) => {
+            // Also when a superseded certificate runs out, so status drops it.
+            let next = previous
+                .iter()
+                .map(|p| p.not_after + Duration::from_secs(1))
+                .chain([renew_at(c.info.not_after, renew_before)])
+                .min()
+                .unwrap_or(now);
+            requeue_until(next, now)
+        }
         (Outcome::Blocked(r, _), _) if r.starts_with("PasswordSecret") => {
             Action::requeue(PASSWORD_RETRY)
         }
@@ -218,7 +242,11 @@ async fn ensure(
     };
     let decision = plan(stored, &want, &ca, revoked, now);
     let password = password_for(&want, stored_ok);
-    let mut previous = stored_ok.map(|s| s.previous.clone()).unwrap_or_default();
+    // A revoked current certificate was revoked with every superseded one: none carries over.
+    let mut previous = match stored_ok {
+        Some(s) if !revoked => s.previous.clone(),
+        _ => String::new(),
+    };
     let (cert, p12, event) = match (decision, stored_ok) {
         (Plan::Keep, Some(s)) => {
             let p12 = s.p12.clone().unwrap_or_default();
@@ -281,7 +309,11 @@ async fn ensure(
     };
     let desired = identity_secret(ci, ns, &files)?;
     apply_secret(secrets, &desired, existing).await?;
-    Ok(Ok(Ensured { cert, event }))
+    Ok(Ok(Ensured {
+        cert,
+        previous,
+        event,
+    }))
 }
 
 /// Mints a certificate off the async threads (RSA key generation takes seconds).

@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::conditions::{EXPIRING_SOON, READY, REVOKED, Want, merge, time};
 use crate::pki::CertInfo;
 use crate::pki::renewal::renew_at;
-use crate::resources::{ClientIdentity, ClientIdentityStatus};
+use crate::resources::{
+    ClientIdentity, ClientIdentityStatus, PreviousCertificate, SeenCertificate,
+};
 
 /// Why an identity is, or is not, ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +45,44 @@ pub struct Facts<'a> {
     pub namespace: &'a str,
     /// The renewal window (`renewBefore` or its default).
     pub renew_before: Duration,
+    /// Superseded certificates still admitted (`previous.crt` less expired ones, newest
+    /// first).
+    pub previous: &'a [CertInfo],
+}
+
+impl Facts<'_> {
+    /// The certificate the device uses, as far as the data plane has seen: the one among
+    /// the current and the superseded ones admitted most recently (`seen`), else the
+    /// current one.
+    fn in_use(&self, seen: &[SeenCertificate]) -> Option<&CertInfo> {
+        let last_seen = |c: &CertInfo| {
+            seen.iter()
+                .find(|s| s.serial_number == c.serial_hex)
+                .map(|s| s.last_seen.0)
+        };
+        let current = self.cert?;
+        let newest_previous = self
+            .previous
+            .iter()
+            .filter_map(|p| last_seen(p).map(|t| (t, p)))
+            .max_by_key(|(t, _)| *t);
+        match (last_seen(current), newest_previous) {
+            (Some(c), Some((p, previous))) if p > c => Some(previous),
+            (None, Some((_, previous))) => Some(previous),
+            _ => Some(current),
+        }
+    }
+
+    /// Whether a new certificate waits to be delivered: a superseded one is still admitted
+    /// and the device has not been seen with the current one since.
+    fn awaiting_device(&self, seen: &[SeenCertificate]) -> bool {
+        let Some(current) = self.cert else {
+            return false;
+        };
+        let current_seen = seen.iter().any(|s| s.serial_number == current.serial_hex);
+        let in_use = self.in_use(seen).map(|c| &c.serial_hex);
+        !self.previous.is_empty() && (!current_seen || in_use != Some(&current.serial_hex))
+    }
 }
 
 /// The status to publish. `lastSeen` is left out: the data plane owns it, and server-side
@@ -56,11 +96,24 @@ pub fn status(
 ) -> ClientIdentityStatus {
     let current = ci.status.as_ref();
     let existing = current.map_or(&[][..], |s| &s.conditions[..]);
+    let seen = current.map_or(&[][..], |s| &s.seen[..]);
+    let name = ci.metadata.name.as_deref().unwrap_or_default();
     let wanted = [
-        ready(outcome, facts),
+        ready(outcome, facts, seen, name),
         revoked(outcome, facts),
-        expiring(outcome, facts, now),
+        expiring(outcome, facts, seen, now),
     ];
+    let previous = match outcome {
+        Outcome::Revoked => Vec::new(),
+        _ => facts
+            .previous
+            .iter()
+            .map(|p| PreviousCertificate {
+                serial_number: p.serial_hex.clone(),
+                not_after: time(p.not_after),
+            })
+            .collect(),
+    };
     ClientIdentityStatus {
         serial_number: facts.cert.map(|c| c.serial_hex.clone()),
         fingerprint_sha256: facts.cert.map(CertInfo::fingerprint_hex),
@@ -70,7 +123,7 @@ pub fn status(
         conditions: merge(existing, &wanted, ci.metadata.generation, now_t),
         observed_generation: ci.metadata.generation,
         last_seen: None,
-        previous: Vec::new(),
+        previous,
         seen: Vec::new(),
     }
 }
@@ -79,8 +132,31 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn ready(outcome: &Outcome, facts: &Facts<'_>) -> Want {
+fn ready(outcome: &Outcome, facts: &Facts<'_>, seen: &[SeenCertificate], name: &str) -> Want {
     match outcome {
+        Outcome::Ready if facts.awaiting_device(seen) => {
+            let (new, in_use) = (facts.cert, facts.in_use(seen));
+            let new = new.map_or(String::new(), |c| c.serial_hex.clone());
+            let old = match in_use.filter(|c| c.serial_hex != new) {
+                Some(c) => format!(
+                    "the device was last seen with serial {}, admitted until {}",
+                    c.serial_hex,
+                    rfc3339(c.not_after)
+                ),
+                None => "the device has not been seen with it yet; the superseded certificates stay admitted until their notAfter".into(),
+            };
+            Want::yes(
+                READY,
+                "AwaitingDevice",
+                format!(
+                    "certificate serial {new} awaits delivery: {old}; deliver it with \
+                     `portcullis enroll {name} --namespace {}` (or import keystore.p12 of Secret {}/{} again)",
+                    facts.namespace,
+                    facts.namespace,
+                    facts.secret.as_deref().unwrap_or_default()
+                ),
+            )
+        }
         Outcome::Ready => {
             let (serial, until) = facts.cert.map_or((String::new(), String::new()), |c| {
                 (c.serial_hex.clone(), rfc3339(c.not_after))
@@ -120,7 +196,29 @@ fn revoked(outcome: &Outcome, facts: &Facts<'_>) -> Want {
     }
 }
 
-fn expiring(outcome: &Outcome, facts: &Facts<'_>, now: SystemTime) -> Want {
+fn expiring(
+    outcome: &Outcome,
+    facts: &Facts<'_>,
+    seen: &[SeenCertificate],
+    now: SystemTime,
+) -> Want {
+    // Against the certificate the device actually uses: a superseded one runs out first.
+    if *outcome != Outcome::Revoked
+        && let (Some(current), Some(in_use)) = (facts.cert, facts.in_use(seen))
+        && in_use.serial_hex != current.serial_hex
+        && now >= renew_at(in_use.not_after, facts.renew_before)
+    {
+        return Want::yes(
+            EXPIRING_SOON,
+            "DeviceCertificateExpiring",
+            format!(
+                "the device still uses serial {}, which expires on {}; deliver serial {} to it",
+                in_use.serial_hex,
+                rfc3339(in_use.not_after),
+                current.serial_hex
+            ),
+        );
+    }
     let Some(c) = facts.cert else {
         return Want::no(
             EXPIRING_SOON,

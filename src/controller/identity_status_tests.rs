@@ -3,6 +3,7 @@ use std::time::UNIX_EPOCH;
 use super::*;
 use crate::controller::conditions::reason_of;
 use crate::controller::fixtures::{DAY, identity};
+use crate::resources::{PreviousCertificate, SeenCertificate};
 
 fn cert(not_before: SystemTime) -> CertInfo {
     CertInfo {
@@ -21,6 +22,7 @@ fn facts(cert: Option<&CertInfo>) -> Facts<'_> {
         secret: cert.map(|_| "phone-client".into()),
         namespace: "home",
         renew_before: 10 * DAY,
+        previous: &[],
     }
 }
 
@@ -141,4 +143,86 @@ fn blocked_and_expiring_identities_say_what_to_do() {
     );
     let gone = status(&ci, &ca, &facts(Some(&c)), t0 + 31 * DAY, &time(t0));
     assert_eq!(reason_of(&gone.conditions, EXPIRING_SOON), Some("Expired"));
+}
+
+/// A renewal at `t0 + 25d`: the new certificate `0abd` and the superseded `0abc`.
+fn renewed(t0: SystemTime) -> (CertInfo, CertInfo) {
+    let old = cert(t0);
+    let new = CertInfo {
+        serial_hex: "0abd".into(),
+        fingerprint: [2; 32],
+        ..cert(t0 + 25 * DAY)
+    };
+    (new, old)
+}
+
+fn seen_with(serials: &[(&str, SystemTime)]) -> ClientIdentity {
+    let mut ci = identity("phone");
+    ci.status = Some(ClientIdentityStatus {
+        seen: serials
+            .iter()
+            .map(|(s, t)| SeenCertificate {
+                serial_number: (*s).into(),
+                last_seen: time(*t),
+            })
+            .collect(),
+        ..Default::default()
+    });
+    ci
+}
+
+#[test]
+fn after_a_renewal_status_lists_the_superseded_certificate_and_awaits_the_device() {
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let (new, old) = renewed(t0);
+    let previous = [old.clone()];
+    let facts = Facts {
+        previous: &previous,
+        ..facts(Some(&new))
+    };
+    let now = t0 + 26 * DAY;
+    let reason = |ci: &ClientIdentity| {
+        let s = status(ci, &Outcome::Ready, &facts, now, &time(now));
+        let ready = by_type(&s, READY).clone();
+        let expiring = by_type(&s, EXPIRING_SOON).clone();
+        (s, ready, expiring)
+    };
+
+    // Seen only with the old one: awaiting, and expiring against the old notAfter.
+    let (s, ready, expiring) = reason(&seen_with(&[("0abc", now)]));
+    assert_eq!(
+        s.previous,
+        vec![PreviousCertificate {
+            serial_number: "0abc".into(),
+            not_after: time(old.not_after)
+        }]
+    );
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AwaitingDevice")
+    );
+    assert!(
+        ready.message.contains("0abd") && ready.message.contains("portcullis enroll phone"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        (expiring.status.as_str(), expiring.reason.as_str()),
+        ("True", "DeviceCertificateExpiring")
+    );
+
+    // Never seen at all: still awaiting (the new one has not reached the device).
+    let (_, ready, _) = reason(&seen_with(&[]));
+    assert_eq!(ready.reason, "AwaitingDevice");
+
+    // Seen with the new one since: delivered, even though the old one stays admitted
+    // (Safari's profile and the app's .p12 are updated on different days).
+    let (s, ready, expiring) = reason(&seen_with(&[("0abc", now - DAY), ("0abd", now)]));
+    assert_eq!(ready.reason, "Issued");
+    assert_eq!(expiring.reason, "Valid");
+    assert_eq!(s.previous.len(), 1, "still admitted until its notAfter");
+
+    // Revoked: nothing is listed as admitted.
+    let s = status(&seen_with(&[]), &Outcome::Revoked, &facts, now, &time(now));
+    assert!(s.previous.is_empty());
 }

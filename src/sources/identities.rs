@@ -110,7 +110,7 @@ impl Ctx<'_> {
     /// Keeps a certificate a re-issue replaces in `previous.crt`, so the device holding it
     /// stays admitted until its notAfter (written before the new certificate: a crash in
     /// between leaves it in both places, which is harmless). Not one that is revoked or
-    /// from another CA: those could not be admitted anyway.
+    /// from another CA: those could not be admitted anyway, nor could the earlier ones.
     fn supersede(
         &mut self,
         name: &str,
@@ -120,7 +120,11 @@ impl Ctx<'_> {
         let keep = !self.is_revoked(&old.info.serial_hex)
             && certs::issued_by(&old.cert_der, self.ca.cert_der());
         if !keep {
-            return Ok(previous.to_vec());
+            // Revoked with the identity (or from a replaced CA) like every earlier one.
+            if !previous.is_empty() {
+                self.state.save_previous(name, "")?;
+            }
+            return Ok(Vec::new());
         }
         let earlier: String = previous.iter().map(|p| pem_of(&p.der)).collect();
         let bundle = supersede(Some(&earlier), &old.cert_pem, SystemTime::now());
