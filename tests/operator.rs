@@ -1775,3 +1775,183 @@ async fn operator_benchmark() {
     );
     println!("\noperator binary: {}", operator_binary().display());
 }
+
+/// The proxy's snapshot generation (`portcullis_snapshot_generation`).
+async fn generation(admin: SocketAddr) -> f64 {
+    metric_sum(&metrics(admin).await, "portcullis_snapshot_generation", "")
+}
+
+/// Waits until the proxy at `admin` serves a snapshot newer than `before`.
+async fn rebuilt(admin: SocketAddr, before: f64) {
+    eventually("the data plane to rebuild", T, async || {
+        let now = generation(admin).await;
+        (now > before)
+            .then_some(())
+            .ok_or(format!("generation {now}"))
+    })
+    .await;
+}
+
+/// Device lifecycle on the real API server, with split roles so the data plane runs on
+/// while the controller is stopped: a renewal keeps the old certificate admitted; the
+/// revocation ledger outranks whatever a Secret holds; status writes rebuild nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_the_old_certificate_and_the_ledger_outranks_every_secret() {
+    let (_guard, env, admin) = exclusive().await;
+    let (op_ns, ns, host) = ("ledger-system", "ledger-home", "ledger.ha.test");
+    ensure_namespace(&admin, op_ns).await.unwrap();
+    ensure_namespace(&admin, ns).await.unwrap();
+    let log = tmp("operator-ledger.log");
+    let _ = std::fs::remove_file(&log);
+    let start = |pod: &str, role: &str| {
+        OperatorProcess::spawn(OperatorArgs {
+            kubeconfig: &env.kubeconfig,
+            namespace: op_ns,
+            pod_name: pod,
+            role,
+            log: &log,
+        })
+    };
+    let upstream = Upstream::start().await;
+    let mut controller = start("ledger-controller", "controller");
+    let mut proxy = start("ledger-proxy", "proxy");
+    wait_data_plane(proxy.admin, T).await;
+    let v1 = minted(&admin, ns, "phone", json!({})).await;
+    served(&admin, ns, "ha", host, upstream.addr).await;
+    let first = device_client(proxy.proxy, &v1, host);
+    admitted(&first, "ledger-home/phone").await;
+    let serial1 = status_serial(&ids(&admin, ns).get("phone").await.unwrap());
+
+    // 1. A re-issue (here a spec change) never revokes what the phone holds.
+    patch_spec(&ids(&admin, ns), "phone", json!({"commonName": "phone-2"}))
+        .await
+        .unwrap();
+    let ci = eventually("a re-issued certificate", T, async || {
+        let ci = ids(&admin, ns)
+            .get("phone")
+            .await
+            .map_err(|e| e.to_string())?;
+        match ci.status.as_ref().and_then(|s| s.serial_number.clone()) {
+            Some(s) if s != serial1 => Ok(ci),
+            other => Err(format!("serial {other:?}")),
+        }
+    })
+    .await;
+    let serial2 = status_serial(&ci);
+    let previous: Vec<&str> = ci
+        .status
+        .as_ref()
+        .map(|s| {
+            s.previous
+                .iter()
+                .map(|p| p.serial_number.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(previous, [serial1.as_str()], "status.previous");
+    let v2 = secrets(&admin, ns).get("phone-client").await.unwrap();
+    let kept = portcullis::pki::inspect_pem(&text(&v2, "previous.crt")).unwrap();
+    assert_eq!(kept.serial_hex, serial1, "previous.crt");
+    let second = device_client(proxy.proxy, &v2, host);
+    admitted(&second, "ledger-home/phone").await;
+    admitted(&first, "ledger-home/phone").await;
+    let crl = secrets(&admin, op_ns).get(names::CRL_SECRET).await;
+    if let Ok(crl) = crl {
+        assert!(
+            crl_lists(&crl_pem(&crl).unwrap(), &serial1).is_err(),
+            "a renewal put the superseded serial on the CRL"
+        );
+    }
+
+    // 2. Revoking takes every serial of the identity.
+    patch_spec(&ids(&admin, ns), "phone", json!({"revoked": true}))
+        .await
+        .unwrap();
+    refused(&first, T).await;
+    refused(&second, T).await;
+    wait_on_crl(&admin, op_ns, &serial1).await;
+    wait_on_crl(&admin, op_ns, &serial2).await;
+
+    // 3. Reinstated while no controller runs: the Secret still holds serial2 (and
+    // previous.crt serial1), but the ledger keeps both out.
+    assert!(controller.terminate().await.success());
+    let before = generation(proxy.admin).await;
+    patch_spec(&ids(&admin, ns), "phone", json!({"revoked": false}))
+        .await
+        .unwrap();
+    rebuilt(proxy.admin, before).await;
+    assert!(first.probe().await.is_refused(), "serial1 after un-revoke");
+    assert!(second.probe().await.is_refused(), "serial2 after un-revoke");
+
+    // 4. A Secret restored from a backup with a revoked certificate is refused too.
+    let before = generation(proxy.admin).await;
+    let restore = json!({"data": {
+        "tls.crt": base64(data(&v1, "tls.crt")),
+        "tls.key": base64(data(&v1, "tls.key")),
+        "previous.crt": null,
+    }});
+    secrets(&admin, ns)
+        .patch(
+            "phone-client",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&restore),
+        )
+        .await
+        .unwrap();
+    rebuilt(proxy.admin, before).await;
+    assert!(first.probe().await.is_refused(), "restored serial1");
+
+    // 5. A status-only write (what lastSeen is) rebuilds nothing on the data plane.
+    let before = generation(proxy.admin).await;
+    ids(&admin, ns)
+        .patch_status(
+            "phone",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"status": {"lastSeen": "2026-12-01T00:00:00Z"}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        generation(proxy.admin).await,
+        before,
+        "a status write rebuilt the snapshot"
+    );
+
+    // 6. The controller back: a fresh certificate; the revoked serials stay out.
+    let mut controller = start("ledger-controller-2", "controller");
+    let ci = eventually("a fresh certificate", T, async || {
+        let ci = ids(&admin, ns)
+            .get("phone")
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready = condition(&ci, "Ready").is_some_and(|c| c.status == "True");
+        match ci.status.as_ref().and_then(|s| s.serial_number.clone()) {
+            Some(s) if s != serial1 && s != serial2 && ready => Ok(ci),
+            other => Err(format!("serial {other:?}, ready {ready}")),
+        }
+    })
+    .await;
+    assert!(
+        ci.status.as_ref().is_some_and(|s| s.previous.is_empty()),
+        "revoked certificates are not listed as admitted: {:?}",
+        ci.status
+    );
+    let v3 = secrets(&admin, ns).get("phone-client").await.unwrap();
+    admitted(&device_client(proxy.proxy, &v3, host), "ledger-home/phone").await;
+    assert!(first.probe().await.is_refused());
+    assert!(second.probe().await.is_refused());
+
+    ids(&admin, ns)
+        .delete("phone", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&ids(&admin, ns), "phone", T).await;
+    assert!(controller.terminate().await.success());
+    assert!(proxy.terminate().await.success());
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -9,12 +9,15 @@
 //! ```
 //! It only reads: the controller (possibly another replica, the lease holder) writes.
 
-use std::collections::HashSet;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -68,25 +71,37 @@ pub async fn run(
     // Every data-plane replica reads every route and identity of the installation; of the
     // Secrets only TLS ones (device, server, CA) and the operator namespace's own.
     let changes = futures_util::stream::select_all([
-        touch(reflector(
-            routes_w,
-            watcher(Api::<ProtectedRoute>::all(client.clone()), cfg()),
-        )),
-        touch(reflector(
-            identities_w,
-            watcher(Api::<ClientIdentity>::all(client.clone()), cfg()),
-        )),
-        touch(reflector(
-            tls_w,
-            watcher(
-                Api::<Secret>::all(client.clone()),
-                cfg().fields("type=kubernetes.io/tls"),
+        touch(
+            reflector(
+                routes_w,
+                watcher(Api::<ProtectedRoute>::all(client.clone()), cfg()),
             ),
-        )),
-        touch(reflector(
-            own_w,
-            watcher(Api::<Secret>::namespaced(client, &source.namespace), cfg()),
-        )),
+            |r: &ProtectedRoute| read_by_snapshot(&r.metadata, &r.spec),
+        ),
+        touch(
+            reflector(
+                identities_w,
+                watcher(Api::<ClientIdentity>::all(client.clone()), cfg()),
+            ),
+            |c: &ClientIdentity| read_by_snapshot(&c.metadata, &c.spec),
+        ),
+        touch(
+            reflector(
+                tls_w,
+                watcher(
+                    Api::<Secret>::all(client.clone()),
+                    cfg().fields("type=kubernetes.io/tls"),
+                ),
+            ),
+            secret_contents,
+        ),
+        touch(
+            reflector(
+                own_w,
+                watcher(Api::<Secret>::namespaced(client, &source.namespace), cfg()),
+            ),
+            secret_contents,
+        ),
     ]);
     let stores = Stores {
         routes,
@@ -140,22 +155,74 @@ pub async fn run(
     }
 }
 
-/// A stream of "something changed" ticks; watch errors are logged and retried with backoff.
-fn touch<S, K>(stream: S) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>>
+/// A stream of "something the snapshot reads changed" ticks. An update that leaves
+/// `contents` as it was (a status write: `lastSeen`, conditions) is no tick, so the data
+/// plane's TLS configuration and every connection's revocation watch are not rebuilt for
+/// it. Watch errors are logged and retried with backoff.
+fn touch<S, K>(
+    stream: S,
+    contents: fn(&K) -> u64,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>>
 where
     S: futures_util::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
-    K: Send + 'static,
+    K: kube::Resource + Send + 'static,
 {
-    Box::pin(stream.default_backoff().filter_map(|event| async move {
-        match event {
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
-            Ok(_) => Some(()),
+    let mut known: HashMap<(Option<String>, String), u64> = HashMap::new();
+    let key = |k: &K| {
+        (
+            k.meta().namespace.clone(),
+            k.meta().name.clone().unwrap_or_default(),
+        )
+    };
+    Box::pin(stream.default_backoff().filter_map(move |event| {
+        let tick = match event {
+            Ok(watcher::Event::Init) => {
+                known.clear();
+                None
+            }
+            Ok(watcher::Event::InitApply(k)) => {
+                known.insert(key(&k), contents(&k));
+                None
+            }
+            Ok(watcher::Event::InitDone) => Some(()),
+            Ok(watcher::Event::Apply(k)) => {
+                let fresh = contents(&k);
+                (known.insert(key(&k), fresh) != Some(fresh)).then_some(())
+            }
+            Ok(watcher::Event::Delete(k)) => {
+                known.remove(&key(&k));
+                Some(())
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "watch failed; retrying");
                 None
             }
-        }
+        };
+        std::future::ready(tick)
     }))
+}
+
+/// What the snapshot reads of a ProtectedRoute or ClientIdentity: its spec, labels and
+/// whether it is being deleted — not its status.
+fn read_by_snapshot(meta: &ObjectMeta, spec: &impl serde::Serialize) -> u64 {
+    let mut h = DefaultHasher::new();
+    serde_json::to_vec(spec).unwrap_or_default().hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.deletion_timestamp.as_ref().map(|t| t.0).hash(&mut h);
+    meta.creation_timestamp.as_ref().map(|t| t.0).hash(&mut h);
+    h.finish()
+}
+
+/// Everything of a Secret the snapshot may read.
+fn secret_contents(secret: &Secret) -> u64 {
+    let mut h = DefaultHasher::new();
+    secret.type_.hash(&mut h);
+    if let Some(data) = &secret.data {
+        for (k, v) in data {
+            (k, &v.0).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 fn reflector<K, W>(
