@@ -28,7 +28,7 @@ mod token;
 
 pub use bundle::{Binding, Bundle, open as open_bundle};
 pub use claim::{CLAIM_COOKIE, CLAIM_TTL};
-pub use create::{Created, MAX_TTL, NewEnrollment, prepare};
+pub use create::{Created, MAX_TTL, NewEnrollment, base_url, check_ttl, prepare};
 pub use handler::{EnrollRequest, Enrollments, invalid, respond};
 pub use limiter::Limiter;
 pub use password::{PASSWORD_WORDS, one_time_password};
