@@ -11,6 +11,10 @@ use crate::{Error, Result};
 
 /// Random bytes in a token (≥ 128 bits are required; 192 encode without padding).
 const TOKEN_BYTES: usize = 24;
+const _: () = assert!(
+    TOKEN_BYTES * 8 >= 128,
+    "a token holds at least 128 random bits"
+);
 /// Characters in a token's text.
 pub const TOKEN_LEN: usize = TOKEN_BYTES * 4 / 3;
 
@@ -78,7 +82,6 @@ mod tests {
         let b = Token::generate(&rng).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), TOKEN_LEN);
-        assert!(TOKEN_BYTES * 8 >= 128);
         assert_eq!(Token::parse(a.as_str()), Some(a.clone()));
         assert!(is_hash(&a.hash_hex()));
         assert!(same_hash(&a.hash_hex(), &a.hash_hex()));
