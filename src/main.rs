@@ -181,14 +181,20 @@ enum Role {
 
 #[derive(Subcommand)]
 enum IdentityCommand {
-    /// Write a device's files: a .p12 keystore (prints its password) or PEM files.
+    /// Write a device's files: a .p12 keystore (prints its password), PEM files, or an
+    /// Apple configuration profile for iPhone, iPad and Mac.
     Export {
         /// The ClientIdentity's name.
         name: String,
         /// p12: one password-protected file for phones and browsers; pem: a directory
-        /// with tls.crt, tls.key and ca.crt.
+        /// with tls.crt, tls.key and ca.crt; mobileconfig: the .p12 in a profile that
+        /// iPhone, iPad and Mac install from Settings (used by Safari, not by other apps).
         #[arg(long, value_enum, default_value = "p12")]
         format: Format,
+        /// mobileconfig only: put the .p12 password into the profile, so iOS does not ask
+        /// for it. Anyone who gets the file can then install the identity.
+        #[arg(long)]
+        embed_password: bool,
         /// Standalone state directory. Without it, the files come from the identity's
         /// Secret in Kubernetes (kubeconfig or in-cluster credentials).
         #[arg(long, env = "PORTCULLIS_STATE_DIR")]
@@ -196,16 +202,19 @@ enum IdentityCommand {
         /// Kubernetes namespace of the ClientIdentity. Default: the kubeconfig's.
         #[arg(short, long)]
         namespace: Option<String>,
-        /// Output path. Default: NAME.p12, or the directory NAME/ for pem.
+        /// Output path. Default: NAME.p12, the directory NAME/ for pem, or
+        /// NAME.mobileconfig.
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     P12,
     Pem,
+    #[value(name = "mobileconfig")]
+    MobileConfig,
 }
 
 #[derive(Subcommand)]
@@ -231,10 +240,12 @@ fn main() -> ExitCode {
         Command::Identity(IdentityCommand::Export {
             name,
             format,
+            embed_password,
             state_dir,
             namespace,
             output,
-        }) => export(&name, format, state_dir, namespace, output),
+        }) => export_format(format, embed_password)
+            .and_then(|format| export(&name, format, state_dir, namespace, output)),
         Command::CookieKey(CookieKeyCommand::Rotate { state_dir }) => rotate(state_dir),
         Command::Enroll(args) => enroll(args),
     };
@@ -278,17 +289,25 @@ fn check(config: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The library's export format for `--format` and `--embed-password`.
+fn export_format(format: Format, embed_password: bool) -> anyhow::Result<ExportFormat> {
+    Ok(match format {
+        _ if embed_password && format != Format::MobileConfig => {
+            bail!("--embed-password applies only to --format mobileconfig")
+        }
+        Format::P12 => ExportFormat::P12,
+        Format::Pem => ExportFormat::Pem,
+        Format::MobileConfig => ExportFormat::MobileConfig { embed_password },
+    })
+}
+
 fn export(
     name: &str,
-    format: Format,
+    format: ExportFormat,
     state_dir: Option<PathBuf>,
     namespace: Option<String>,
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let format = match format {
-        Format::P12 => ExportFormat::P12,
-        Format::Pem => ExportFormat::Pem,
-    };
     let exported = match state_dir {
         Some(dir) => {
             sources::export_identity(&StateDir::new(dir), name, format, output.as_deref())?
@@ -307,8 +326,21 @@ fn export(
     for path in &exported.paths {
         println!("wrote {}", path.display());
     }
-    if let Some(password) = exported.password {
-        println!("password: {password}");
+    match (format, exported.password) {
+        (
+            ExportFormat::MobileConfig {
+                embed_password: true,
+            },
+            _,
+        ) => eprintln!(
+            "warning: the profile holds the private key and its password: anyone who gets \
+             the file can install this identity; send it privately and delete it afterwards"
+        ),
+        (ExportFormat::MobileConfig { .. }, Some(password)) => {
+            println!("password: {password} (iOS asks for it when installing the profile)")
+        }
+        (_, Some(password)) => println!("password: {password}"),
+        (_, None) => {}
     }
     Ok(())
 }

@@ -148,5 +148,6 @@ pub async fn export_identity(
             Error::Config(format!("Secret {namespace}/{secret_name} has no key {key}"))
         })
     };
-    crate::sources::write_device_files(name, format, out, &read)
+    let identity = format!("{namespace}/{name}");
+    crate::sources::write_device_files(name, &identity, format, out, &read)
 }

@@ -66,6 +66,25 @@ fn read_until(child: &mut Child, until: &str) -> Vec<String> {
     lines
 }
 
+/// Starts the gate on the example once (creating the CA and the device files in `state`),
+/// stops it with SIGTERM, and returns what it printed.
+fn first_start(state: &Path) -> Vec<String> {
+    let mut child = standalone(&example(), state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut child, "Try it:");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    lines
+}
+
 #[test]
 fn check_accepts_the_example() {
     let out = portcullis(&["check", "--config", example().to_str().unwrap()]);
@@ -159,19 +178,7 @@ fn standalone_with_an_unusable_state_dir_says_so() {
 fn first_start_prints_device_files_then_exports_work() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut child = standalone(&example(), &state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = read_until(&mut child, "Try it:");
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    let lines = first_start(&state);
 
     let curls: Vec<&String> = lines
         .iter()
@@ -270,4 +277,159 @@ fn export_without_state_dir_and_operator_without_cluster_are_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Reads a `.mobileconfig` with python3's plistlib (an independent plist parser): the
+/// profile as JSON, with each payload's `PayloadContent` data written to `p12_out` and
+/// replaced by its length.
+fn plistlib(profile: &Path, p12_out: &Path) -> serde_json::Value {
+    const SCRIPT: &str = r#"
+import json, plistlib, sys
+with open(sys.argv[1], "rb") as f:
+    top = plistlib.load(f)
+for payload in top["PayloadContent"]:
+    with open(sys.argv[2], "wb") as f:
+        f.write(payload["PayloadContent"])
+    payload["PayloadContent"] = len(payload["PayloadContent"])
+print(json.dumps(top))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(profile)
+        .arg(p12_out)
+        .output()
+        .expect("python3 must be installed to run this test");
+    assert!(out.status.success(), "plistlib: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs `openssl args…` in `dir`: success and stdout + stderr (as in tests/pki_openssl.rs).
+fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI must be installed to run this test");
+    (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+}
+
+#[test]
+fn mobileconfig_export_carries_the_p12_that_opens_with_the_printed_password() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (d, state) = (dir.path(), dir.path().join("state"));
+    first_start(&state);
+    let s = state.to_str().unwrap();
+    let export = |args: &[&str]| {
+        let base = ["identity", "export", "alice-iphone", "--state-dir", s];
+        portcullis(&[&base[..], args].concat())
+    };
+
+    let profile = d.join("alice.mobileconfig");
+    let out = export(&["--format", "mobileconfig", "-o", profile.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let password = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no password line in {stdout}"))
+        .to_owned();
+    assert!(stdout.contains("iOS asks for it"), "{stdout}");
+    let mode = std::fs::metadata(&profile).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the profile holds the private key");
+
+    let top = plistlib(&profile, &d.join("alice.p12"));
+    assert_eq!(top["PayloadType"], "Configuration");
+    assert_eq!(top["PayloadVersion"], 1);
+    assert_eq!(
+        top["PayloadIdentifier"],
+        "dev.portcullis.identity.alice-iphone"
+    );
+    assert_eq!(top["PayloadRemovalDisallowed"], false);
+    let payloads = top["PayloadContent"].as_array().unwrap();
+    assert_eq!(payloads.len(), 1, "the .p12 only, no root CA: {top}");
+    let p12 = &payloads[0];
+    assert_eq!(p12["PayloadType"], "com.apple.security.pkcs12");
+    assert_eq!(p12["PayloadCertificateFileName"], "alice-iphone.p12");
+    assert_eq!(p12["PayloadDisplayName"], "Alice's iPhone");
+    assert!(p12.get("Password").is_none(), "{p12}");
+    assert_eq!(
+        std::fs::read(d.join("alice.p12")).unwrap(),
+        std::fs::read(state.join("identities/alice-iphone/keystore.p12")).unwrap()
+    );
+
+    // The embedded file is what iOS imports: Legacy (3DES, SHA-1 MAC), which OpenSSL 3's
+    // default provider opens without `-legacy` (as in tests/pki_openssl.rs).
+    let pass = format!("pass:{password}");
+    let p12_args = ["pkcs12", "-in", "alice.p12", "-passin", &pass];
+    let (ok, certs) = openssl(d, &[&p12_args[..], &["-info", "-nokeys"]].concat());
+    assert!(ok, "{certs}");
+    assert!(certs.contains("pbeWithSHA1And3-KeyTripleDES-CBC") && certs.contains("MAC: sha1"));
+    assert_eq!(
+        certs.matches("-----BEGIN CERTIFICATE-----").count(),
+        2,
+        "{certs}"
+    );
+    let (ok, key) = openssl(d, &[&p12_args[..], &["-nocerts", "-nodes"]].concat());
+    assert!(ok && key.contains("-----BEGIN PRIVATE KEY-----"), "{key}");
+    let wrong = [
+        "pkcs12",
+        "-in",
+        "alice.p12",
+        "-passin",
+        "pass:wrong-password",
+    ];
+    let (ok, out) = openssl(d, &[&wrong[..], &["-nokeys"]].concat());
+    assert!(!ok && out.contains("invalid password"), "{out}");
+    // The key is the device's: its public half matches the certificate's.
+    std::fs::write(d.join("key.pem"), &key).unwrap();
+    let (_, from_p12) = openssl(d, &["pkey", "-in", "key.pem", "-pubout"]);
+    let crt = state.join("identities/alice-iphone/tls.crt");
+    let (_, from_crt) = openssl(
+        d,
+        &["x509", "-noout", "-pubkey", "-in", crt.to_str().unwrap()],
+    );
+    assert!(
+        from_p12.contains("PUBLIC KEY") && from_p12 == from_crt,
+        "{from_p12}"
+    );
+
+    // Embedded: no password to type, a warning instead; same identifiers, so installing it
+    // replaces the first profile on the device.
+    let embedded = d.join("embedded.mobileconfig");
+    let out = export(&[
+        "--format",
+        "mobileconfig",
+        "--embed-password",
+        "-o",
+        embedded.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("password:"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).starts_with("warning: ")
+            && text(&out.stderr).contains("anyone who gets the file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let again = plistlib(&embedded, &d.join("embedded.p12"));
+    assert_eq!(again["PayloadContent"][0]["Password"], password.as_str());
+    for key in ["PayloadIdentifier", "PayloadUUID"] {
+        assert_eq!(again[key], top[key], "{key}");
+        assert_eq!(again["PayloadContent"][0][key], p12[key], "{key}");
+    }
+
+    let out = export(&["--format", "p12", "--embed-password"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --embed-password applies only to --format mobileconfig\n"
+    );
+    assert!(!Path::new("alice-iphone.p12").exists());
 }

@@ -10,6 +10,7 @@ use kube::core::SelectorExt;
 use super::config::Config;
 use super::name_of;
 use super::routes::resolve;
+use crate::pki;
 use crate::resources::ClientIdentity;
 use crate::resources::validate::is_dns_label;
 use crate::snapshot::Route;
@@ -23,18 +24,23 @@ pub enum ExportFormat {
     P12,
     /// A directory with `tls.crt`, `tls.key` and `ca.crt`.
     Pem,
+    /// `NAME.mobileconfig`: the `.p12` in an Apple configuration profile. With
+    /// `embed_password` the password goes into the profile too, so iOS does not ask for it
+    /// (and anyone holding the file can install the identity).
+    MobileConfig { embed_password: bool },
 }
 
 /// Files written by [`export_identity`].
 #[derive(Debug)]
 pub struct Exported {
     pub paths: Vec<PathBuf>,
-    /// The `.p12` password (P12 only).
+    /// The password to type at import: P12, and MobileConfig without an embedded password.
     pub password: Option<String>,
 }
 
 /// Copies an identity's device files out of the state directory to `out` (default
-/// `NAME.p12` or `NAME/`). Refuses identities without credentials and revoked ones.
+/// `NAME.p12`, `NAME/` or `NAME.mobileconfig`). Refuses identities without credentials and
+/// revoked ones.
 pub fn export_identity(
     state: &StateDir,
     name: &str,
@@ -51,7 +57,7 @@ pub fn export_identity(
             source,
         })
     };
-    write_device_files(name, format, out, &read)
+    write_device_files(name, name, format, out, &read)
 }
 
 /// An identity's certificate and key from the state directory, refusing identities without
@@ -81,27 +87,30 @@ pub fn live_credentials(state: &StateDir, name: &str) -> Result<StoredCert> {
     Ok(cert)
 }
 
-/// Writes a device's files for `format` to `out` (default `NAME.p12` or `NAME/`), reading
-/// each by its state-dir / Secret key name (`tls.crt`, `keystore.p12`, ...) with `read`.
-/// Shared by the standalone and the Kubernetes export, whose layouts are the same.
+/// Writes a device's files for `format` to `out` (default `NAME.p12`, `NAME/` or
+/// `NAME.mobileconfig`), reading each by its state-dir / Secret key name (`tls.crt`,
+/// `keystore.p12`, ...) with `read`. `identity` is the device's stable key in Apple profiles:
+/// `NAME` standalone, `NAMESPACE/NAME` in Kubernetes. Shared by the standalone and the
+/// Kubernetes export, whose layouts are the same.
 pub fn write_device_files(
     name: &str,
+    identity: &str,
     format: ExportFormat,
     out: Option<&Path>,
     read: &dyn Fn(&str) -> Result<Vec<u8>>,
 ) -> Result<Exported> {
+    let out_or = |default: String| out.map_or_else(|| PathBuf::from(default), Path::to_owned);
     match format {
         ExportFormat::P12 => {
-            let out = out.map_or_else(|| PathBuf::from(format!("{name}.p12")), Path::to_owned);
+            let out = out_or(format!("{name}.p12"));
             write_atomic(&out, &read("keystore.p12")?, SECRET_MODE)?;
-            let password = String::from_utf8_lossy(&read("keystore.p12.password")?).into_owned();
             Ok(Exported {
                 paths: vec![out],
-                password: Some(password),
+                password: Some(read_password(name, read)?),
             })
         }
         ExportFormat::Pem => {
-            let out = out.map_or_else(|| PathBuf::from(name), Path::to_owned);
+            let out = out_or(name.to_owned());
             let mut paths = Vec::new();
             for (file, mode) in [
                 ("tls.crt", PUBLIC_MODE),
@@ -117,7 +126,34 @@ pub fn write_device_files(
                 password: None,
             })
         }
+        ExportFormat::MobileConfig { embed_password } => {
+            let out = out_or(format!("{name}.mobileconfig"));
+            let password = read_password(name, read)?;
+            let cert = String::from_utf8_lossy(&read("tls.crt")?).into_owned();
+            let common_name = pki::inspect_pem(&cert)?.common_name;
+            let profile = pki::mobileconfig(&pki::MobileConfig {
+                identity,
+                display_name: common_name.as_deref().unwrap_or(name),
+                p12: &read("keystore.p12")?,
+                password: embed_password.then_some(password.as_str()),
+            })?;
+            // Mode 0600 either way: the profile holds the private key (and maybe its password).
+            write_atomic(&out, &profile, SECRET_MODE)?;
+            Ok(Exported {
+                paths: vec![out],
+                password: (!embed_password).then_some(password),
+            })
+        }
     }
+}
+
+/// The `.p12` password, as stored beside it.
+fn read_password(name: &str, read: &dyn Fn(&str) -> Result<Vec<u8>>) -> Result<String> {
+    String::from_utf8(read("keystore.p12.password")?).map_err(|_| {
+        Error::Config(format!(
+            "identity {name}: keystore.p12.password is not UTF-8 text"
+        ))
+    })
 }
 
 /// The first-start message: where the CA and each device's files are, and one `curl` line

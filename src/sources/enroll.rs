@@ -96,7 +96,10 @@ pub fn enroll_standalone(req: &EnrollStandalone<'_>) -> Result<Enrolled> {
         },
         &SystemRandom::new(),
     )?;
-    FileStore::new(req.state.enrollments_dir()).create(&created.record)?;
+    let store = FileStore::new(req.state.enrollments_dir());
+    store.create(&created.record)?;
+    // Tidy up links nobody can use any more (the gate also does, on claims).
+    store.sweep_sync(SystemTime::now(), crate::enroll::CLAIM_TTL)?;
     Ok(Enrolled { created, route })
 }
 
