@@ -69,11 +69,17 @@ impl EnrollRequest<'_> {
             .enrollment_refusals
             .get_or_create(&FailureLabels { reason })
             .inc();
-        // The path carries the token: never logged, here or anywhere.
-        tracing::info!(
-            audit = "enrollment_refused", route = %self.route.name, client = %self.client,
-            reason, "enrollment link claim refused"
-        );
+        // The path carries the token: never logged, here or anywhere. A refusal is logged
+        // at info only while the address is within its budget: a guesser's flood of 429s
+        // must not flood the log too.
+        if reason == "rate_limited" {
+            tracing::debug!(route = %self.route.name, client = %self.client, reason, "enrollment link claim refused");
+        } else {
+            tracing::info!(
+                audit = "enrollment_refused", route = %self.route.name, client = %self.client,
+                reason, "enrollment link claim refused"
+            );
+        }
     }
 }
 
