@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod controller;
+pub mod enroll;
 pub mod operator;
 pub mod pki;
 pub mod proxy;

@@ -58,6 +58,35 @@ enum Command {
     /// The key ring that signs fallback cookies.
     #[command(subcommand)]
     CookieKey(CookieKeyCommand),
+    /// Create a one-time enrollment link for a device: a URL and QR code to open on it, and
+    /// a one-time password to type there. A new link cancels the identity's previous one.
+    Enroll(Enroll),
+}
+
+#[derive(clap::Args)]
+struct Enroll {
+    /// The ClientIdentity's name.
+    name: String,
+    /// Standalone state directory (the running gate's).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The standalone config file: checks the identity, and gives the link's host (the
+    /// first host of a route admitting NAME) when --url is not given.
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// How long the link works, at most 24h.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The gate's address as the device reaches it, e.g. https://ha.example.com:8443
+    /// (behind a router forwarding another port, give that port).
+    #[arg(long)]
+    url: Option<String>,
+    /// The gate's listen address: its port goes into a URL derived from --config.
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Also write the QR code to this PNG file.
+    #[arg(long)]
+    qr_png: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +139,7 @@ impl ProxyArgs {
             proxy_protocol_from: self.proxy_protocol_from,
             limits: proxy::Limits::default(),
             workers: self.workers,
+            enrollments: None,
         }
     }
 }
@@ -217,6 +247,7 @@ fn main() -> ExitCode {
         }) => export_format(format, embed_password)
             .and_then(|format| export(&name, format, state_dir, namespace, output)),
         Command::CookieKey(CookieKeyCommand::Rotate { state_dir }) => rotate(state_dir),
+        Command::Enroll(args) => enroll(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -328,6 +359,56 @@ fn rotate(state_dir: PathBuf) -> anyhow::Result<()> {
         "rotated: new cookies are signed with a new key; {} key(s) verify. A running gate \
          picks this up within a second.",
         keys.len()
+    );
+    Ok(())
+}
+
+fn enroll(args: Enroll) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let Some(state_dir) = args.state_dir else {
+        bail!(
+            "pass --state-dir DIR (the standalone gate's state directory); enrollment links \
+             for Kubernetes installations are not available yet"
+        );
+    };
+    let state = StateDir::new(state_dir);
+    if !state.ca_cert_path().is_file() {
+        bail!(
+            "{} is not a Portcullis state directory (no ca/tls.crt); start `portcullis \
+             standalone` once first",
+            state.root().display()
+        );
+    }
+    let enrolled = sources::enroll_standalone(&sources::EnrollStandalone {
+        state: &state,
+        name: &args.name,
+        ttl: args.ttl,
+        url: args.url.as_deref(),
+        config: args.config.as_deref(),
+        port: args.listen.port(),
+    })?;
+    let created = &enrolled.created;
+    let qr = portcullis::enroll::qr::terminal(&created.url, std::io::stdout().is_terminal())?;
+    if let Some(path) = &args.qr_png {
+        let png = portcullis::enroll::qr::png(&created.url)?;
+        std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let expires = humantime::format_rfc3339_seconds(created.expires_at);
+    println!(
+        "Enrollment link for {} (works once, until {expires}, {} from now):\n\n  {}\n",
+        args.name,
+        humantime::format_duration(args.ttl),
+        created.url
+    );
+    print!("{qr}");
+    if let Some(path) = &args.qr_png {
+        println!("QR code also written to {}", path.display());
+    }
+    println!(
+        "\nOne-time password: {}\n\nOn the device, scan the QR code (or open the link), press \
+         \"Get my certificate\" and type the one-time password when asked. Running `portcullis \
+         enroll {}` again cancels this link.",
+        created.password, args.name
     );
     Ok(())
 }
@@ -460,7 +541,11 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::watch::channel(Some(loaded.snapshot));
     let shutdown = CancellationToken::new();
-    let settings = args.proxy.settings();
+    let mut settings = args.proxy.settings();
+    let store = portcullis::enroll::FileStore::new(state.enrollments_dir());
+    settings.enrollments = Some(Arc::new(portcullis::enroll::Enrollments::new(Arc::new(
+        store,
+    ))));
     let tasks = [
         tokio::spawn(proxy::serve(
             listener,

@@ -239,6 +239,15 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Every live certificate of `identity` (a renewal can leave more than one).
+    pub fn live_of<'a>(&'a self, identity: &'a str) -> impl Iterator<Item = &'a Arc<LiveCert>> {
+        self.live_by_serial
+            .values()
+            .filter(move |cert| cert.identity == identity)
+    }
+}
+
 /// ring, with TLS 1.3 suites in the server's order of preference: AES-128-GCM and
 /// ChaCha20 run a SHA-256 key schedule, cheaper than AES-256-GCM's SHA-384 on CPUs
 /// without SHA-512 instructions, at no loss of security that matters here.

@@ -7,6 +7,7 @@
 //!        routes/<route>/tls.crt|tls.key
 //!        identities/<name>/tls.crt|tls.key|ca.crt|keystore.p12|keystore.p12.password
 //!                          previous.crt   certificates a renewal superseded, still admitted
+//!        enrollments/pending|claimed/<tokenHash>.json (0600)  one-time enrollment links
 //! ```
 //! Every write is atomic (temp file in the same directory, fsync, rename, fsync the
 //! directory): a crash leaves the old file or the new one, never half of one.
@@ -122,6 +123,11 @@ impl StateDir {
     /// refuse names that would escape the directory.
     pub fn identity_dir(&self, name: &str) -> PathBuf {
         self.root.join("identities").join(name)
+    }
+
+    /// `enrollments/`: one-time enrollment links (see [`crate::enroll::FileStore`]).
+    pub fn enrollments_dir(&self) -> PathBuf {
+        self.root.join("enrollments")
     }
 
     /// `routes/<name>/` (unchecked, like [`StateDir::identity_dir`]).

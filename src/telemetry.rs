@@ -32,6 +32,14 @@ pub struct CertLabels {
     pub name: String,
 }
 
+/// Labels of `portcullis_enrollments_total`. Never a client address: it is unbounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnrollmentLabels {
+    pub identity: String,
+    /// ios | macos | android | desktop
+    pub platform: &'static str,
+}
+
 /// Every metric the gate exports. Cheap to update from the hot path (atomics).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -42,6 +50,9 @@ pub struct Metrics {
     pub cert_expiry: Family<CertLabels, Gauge<i64, AtomicI64>>,
     pub config_reloads: Family<FailureLabels, Counter>,
     pub snapshot_generation: Gauge,
+    pub enrollments: Family<EnrollmentLabels, Counter>,
+    /// Failed enrollment claims by reason (invalid / rate_limited).
+    pub enrollment_refusals: Family<FailureLabels, Counter>,
 }
 
 impl Metrics {
@@ -82,6 +93,16 @@ impl Metrics {
             "snapshot_generation",
             "Generation of the configuration being served",
             self.snapshot_generation.clone(),
+        );
+        r.register(
+            "enrollments",
+            "Enrollment links claimed, by identity and platform",
+            self.enrollments.clone(),
+        );
+        r.register(
+            "enrollment_refusals",
+            "Enrollment link claims refused (invalid, used or expired link; rate limited)",
+            self.enrollment_refusals.clone(),
         );
     }
 

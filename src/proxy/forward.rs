@@ -79,6 +79,12 @@ pub async fn handle(
         ));
     }
 
+    // The gate's own pages (enrollment links) come before admission: a device without a
+    // certificate must reach them. Their paths hold secrets: not logged below.
+    if crate::enroll::is_reserved(req.uri().path()) {
+        return Ok(super::enroll::serve(&req, &shared, &conn, &snapshot, &route).await);
+    }
+
     let cookie_name = route.cookie.as_ref().map(|c| c.name.as_str());
     let cookies = cookie_name
         .map(|n| admission::cookie_values(req.headers(), n))

@@ -11,6 +11,7 @@
 
 mod admin;
 mod conn;
+mod enroll;
 mod forward;
 mod h1;
 mod headers;
@@ -80,6 +81,9 @@ pub struct Settings {
     /// Threads serving client connections, each running its own single-threaded event
     /// loop (like nginx workers); 0 means one per available CPU.
     pub workers: usize,
+    /// Enrollment links served under `/.well-known/portcullis/enroll/`; `None`: that path
+    /// still belongs to the gate, and every link there is "not valid".
+    pub enrollments: Option<Arc<crate::enroll::Enrollments>>,
 }
 
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {

@@ -11,8 +11,10 @@ use super::config::Config;
 use super::name_of;
 use super::routes::resolve;
 use crate::pki;
+use crate::resources::ClientIdentity;
 use crate::resources::validate::is_dns_label;
-use crate::state::{PUBLIC_MODE, SECRET_MODE, StateDir, write_atomic};
+use crate::snapshot::Route;
+use crate::state::{PUBLIC_MODE, SECRET_MODE, StateDir, StoredCert, write_atomic};
 use crate::{Error, Result};
 
 /// What `identity export` writes.
@@ -45,10 +47,25 @@ pub fn export_identity(
     format: ExportFormat,
     out: Option<&Path>,
 ) -> Result<Exported> {
+    live_credentials(state, name)?;
+    let dir = state.identity_dir(name);
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read(&path).map_err(|source| Error::Io {
+            action: "read",
+            path,
+            source,
+        })
+    };
+    write_device_files(name, name, format, out, &read)
+}
+
+/// An identity's certificate and key from the state directory, refusing identities without
+/// credentials and revoked ones (their serial is on the CRL): what may be handed to a device.
+pub fn live_credentials(state: &StateDir, name: &str) -> Result<StoredCert> {
     if !is_dns_label(name) {
         return Err(Error::Config(format!("{name:?} is not an identity name")));
     }
-    let dir = state.identity_dir(name);
     let Some(cert) = state.load_identity(name)? else {
         return Err(Error::Config(format!(
             "identity {name} has no credentials in {}; define it in the config and start \
@@ -67,15 +84,7 @@ pub fn export_identity(
              files are kept for the record only"
         )));
     }
-    let read = |file: &str| {
-        let path = dir.join(file);
-        std::fs::read(&path).map_err(|source| Error::Io {
-            action: "read",
-            path,
-            source,
-        })
-    };
-    write_device_files(name, name, format, out, &read)
+    Ok(cert)
 }
 
 /// Writes a device's files for `format` to `out` (default `NAME.p12`, `NAME/` or
@@ -169,13 +178,7 @@ pub fn instructions(config: &Config, state: &StateDir, listen: SocketAddr) -> St
     let _ = writeln!(out, "Try it:");
     for ci in live {
         let name = name_of(&ci.metadata);
-        let labels = ci.metadata.labels.clone().unwrap_or_default();
-        let route = config
-            .routes
-            .iter()
-            .filter_map(|r| resolve(name_of(&r.metadata), &r.spec).ok())
-            .find(|r| r.selector.as_ref().is_none_or(|s| s.matches(&labels)));
-        match route.as_ref().and_then(|r| r.hosts.first()) {
+        match route_for(config, ci).as_ref().and_then(|r| r.hosts.first()) {
             Some(host) => {
                 let _ = writeln!(out, "  {}", curl_line(&state, name, host, listen));
             }
@@ -185,6 +188,16 @@ pub fn instructions(config: &Config, state: &StateDir, listen: SocketAddr) -> St
         }
     }
     out
+}
+
+/// The first route of `config` that admits `identity` (by its labels).
+pub(super) fn route_for(config: &Config, identity: &ClientIdentity) -> Option<Route> {
+    let labels = identity.metadata.labels.clone().unwrap_or_default();
+    config
+        .routes
+        .iter()
+        .filter_map(|r| resolve(name_of(&r.metadata), &r.spec).ok())
+        .find(|r| r.selector.as_ref().is_none_or(|s| s.matches(&labels)))
 }
 
 fn curl_line(state: &StateDir, name: &str, host: &str, listen: SocketAddr) -> String {

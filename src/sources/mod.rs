@@ -15,6 +15,7 @@ use crate::pki::renewal as certs;
 pub mod cluster;
 pub mod config;
 mod devices;
+mod enroll;
 mod external;
 pub mod file;
 mod identities;
@@ -28,7 +29,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use config::{
     API_VERSION, Config, ConfigErrors, ConfigProblem, Location, load_config, parse_config,
 };
-pub use devices::{ExportFormat, Exported, export_identity, instructions, write_device_files};
+pub use devices::{
+    ExportFormat, Exported, export_identity, instructions, live_credentials, write_device_files,
+};
+pub use enroll::{EnrollStandalone, Enrolled, enroll_standalone};
 pub use external::OwnCert;
 pub use reconcile::{Expiry, Outcome, reconcile};
 

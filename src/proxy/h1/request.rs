@@ -136,6 +136,10 @@ fn plan(
             _ => {}
         }
     }
+    // The gate's own pages (enrollment links) are hyper's to answer.
+    if crate::enroll::is_reserved(target) {
+        return None;
+    }
     let host = routed_host(host?)?;
     let route = snapshot.route(&host)?;
     // A connection opened for one route must not be steered to another by its Host.

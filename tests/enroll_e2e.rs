@@ -1,0 +1,379 @@
+//! `portcullis enroll` against the real `portcullis standalone` binary: the printed link,
+//! claimed over real TLS by a device without a certificate, its downloads opened with
+//! `openssl`, and exactly one winner when two gate processes share the state directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TlsClient, Upstream, get, post};
+use http::StatusCode;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+const HOST: &str = "ha.test";
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn config(upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"apiVersion: portcullis.dev/v1alpha1
+kind: ProtectedRoute
+metadata:
+  name: home-assistant
+spec:
+  hosts: [{HOST}]
+  upstream:
+    url: http://{upstream}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ClientIdentity
+metadata:
+  name: alice
+spec: {{}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ClientIdentity
+metadata:
+  name: bob
+spec:
+  revoked: true
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Install {
+    _upstream: Upstream,
+    file: PathBuf,
+    state: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Install {
+    async fn new() -> Install {
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+        std::fs::write(&file, config(upstream.addr)).unwrap();
+        Install {
+            _upstream: upstream,
+            file,
+            state,
+            dir,
+        }
+    }
+
+    /// `portcullis standalone` on a fresh port; its log goes to `log`.
+    fn start(&self, log: &str) -> Gate {
+        let (port, admin) = (free_port(), free_port());
+        let log = self.dir.path().join(log);
+        let child = Command::new(BIN)
+            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .arg("--config")
+            .arg(&self.file)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start portcullis standalone");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready(admin) {
+            assert!(Instant::now() < deadline, "the gate did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Gate {
+            child,
+            port,
+            state: self.state.clone(),
+            log,
+        }
+    }
+
+    /// `portcullis enroll NAME` with `args`, against a gate listening on `port`.
+    fn enroll(&self, name: &str, port: u16, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(["enroll", name, "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--config")
+            .arg(&self.file)
+            .args(args)
+            .output()
+            .expect("run portcullis enroll")
+    }
+
+    fn link(&self, name: &str, port: u16, args: &[&str]) -> Printed {
+        let out = self.enroll(name, port, args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+            .expect("a URL")
+            .to_owned();
+        let password = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("One-time password: "))
+            .expect("a password")
+            .to_owned();
+        Printed {
+            url,
+            password,
+            stdout,
+        }
+    }
+}
+
+struct Printed {
+    url: String,
+    password: String,
+    stdout: String,
+}
+
+impl Printed {
+    fn path(&self) -> &str {
+        let rest = self.url.strip_prefix("https://").expect("https");
+        &rest[rest.find('/').expect("a path")..]
+    }
+
+    fn token(&self) -> &str {
+        self.path().rsplit('/').next().expect("token")
+    }
+}
+
+struct Gate {
+    child: Child,
+    port: u16,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Gate {
+    /// A device without a certificate, trusting the gate's CA.
+    fn device(&self) -> TlsClient {
+        let ca = std::fs::read(self.state.join("ca/tls.crt")).unwrap();
+        TlsClient {
+            addr: ([127, 0, 0, 1], self.port).into(),
+            roots: vec![CertificateDer::from_pem_slice(&ca).unwrap()],
+            cert: None,
+            sni: HOST.into(),
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            tls12_only: false,
+            resuming: None,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready(admin: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut answer = String::new();
+    tcp.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
+        && tcp.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.0 200")
+}
+
+fn openssl_opens(p12: &Path, password: &str) -> bool {
+    Command::new("openssl")
+        .args(["pkcs12", "-legacy", "-noout", "-in"])
+        .arg(p12)
+        .args(["-passin", &format!("pass:{password}")])
+        .output()
+        .expect("the openssl CLI must be installed to run these tests")
+        .status
+        .success()
+}
+
+fn claim_cookie(resp: &common::Resp) -> String {
+    resp.set_cookies()
+        .iter()
+        .find_map(|c| c.strip_prefix("__Secure-portcullis-enroll="))
+        .and_then(|rest| rest.split(';').next())
+        .expect("a claim cookie")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_printed_link_enrolls_a_device_once() {
+    let install = Install::new().await;
+    let gate = install.start("gate.log");
+    let png = install.dir.path().join("link.png");
+    let link = install.link("alice", gate.port, &["--qr-png", png.to_str().unwrap()]);
+    assert!(
+        link.url.starts_with(&format!(
+            "https://{HOST}:{}/.well-known/portcullis/enroll/",
+            gate.port
+        )),
+        "{}",
+        link.url
+    );
+    assert!(
+        link.stdout.contains('▀') || link.stdout.contains('▄'),
+        "a QR code"
+    );
+    assert!(
+        link.stdout.contains("works once, until 20"),
+        "{}",
+        link.stdout
+    );
+    assert_eq!(link.password.split('-').count(), 5, "{}", link.password);
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // Only the hash is kept.
+    let stored = walk(&install.state.join("enrollments"));
+    assert_eq!(stored.len(), 1);
+    for file in &stored {
+        assert!(
+            !std::fs::read_to_string(file)
+                .unwrap()
+                .contains(link.token())
+        );
+    }
+
+    let device = gate.device();
+    // A link preview first: nothing is used up.
+    assert_eq!(
+        device.get(link.path()).await.unwrap().status,
+        StatusCode::OK
+    );
+    let claimed = device.send(post(link.path(), "")).await.unwrap();
+    assert_eq!(claimed.status, StatusCode::SEE_OTHER);
+    let cookie = format!("__Secure-portcullis-enroll={}", claim_cookie(&claimed));
+    let mut req = get(&format!("{}/certificate.p12", link.path()));
+    req.headers_mut()
+        .insert(http::header::COOKIE, cookie.parse().unwrap());
+    let p12 = device.send(req).await.unwrap();
+    assert_eq!(p12.status, StatusCode::OK);
+    let file = install.dir.path().join("device.p12");
+    std::fs::write(&file, &p12.body).unwrap();
+    assert!(openssl_opens(&file, &link.password));
+    // The long-lived keystore password never opens what a link hands out.
+    let long_lived =
+        std::fs::read_to_string(install.state.join("identities/alice/keystore.p12.password"))
+            .unwrap();
+    assert!(!openssl_opens(&file, &long_lived));
+
+    // A second device with the same link: the generic page.
+    let late = gate.device().send(post(link.path(), "")).await.unwrap();
+    assert_eq!(late.status, StatusCode::NOT_FOUND);
+
+    // A new link cancels the previous one.
+    let first = install.link("alice", gate.port, &[]);
+    let second = install.link("alice", gate.port, &[]);
+    let old = device.send(post(first.path(), "")).await.unwrap();
+    assert_eq!(old.status, StatusCode::NOT_FOUND);
+    let new = device.send(post(second.path(), "")).await.unwrap();
+    assert_eq!(new.status, StatusCode::SEE_OTHER);
+
+    // An expired link.
+    let short = install.link("alice", gate.port, &["--ttl", "1s"]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = device.send(post(short.path(), "")).await.unwrap();
+    assert_eq!(expired.status, StatusCode::NOT_FOUND);
+    assert_eq!(expired.body, late.body);
+
+    // The log has the enrollments, never a token (even at debug level).
+    let log = gate.log();
+    assert!(log.contains("enrollment link claimed"), "{log}");
+    for token in [link.token(), first.token(), second.token(), short.token()] {
+        assert!(!log.contains(token), "a token in the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_refuses_with_a_reason() {
+    let install = Install::new().await;
+    let gate = install.start("gate.log");
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("alice", &["--ttl", "25h"], "24h maximum"),
+        ("bob", &[], "bob is revoked"),
+        ("nobody", &[], "no ClientIdentity named nobody"),
+        ("alice", &["--url", "http://ha.test"], "https://HOST[:PORT]"),
+    ];
+    for (name, args, says) in cases {
+        let out = install.enroll(name, gate.port, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} {args:?}");
+        assert!(stderr.contains(says), "{name} {args:?}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    // Without --config, the address must be given.
+    let out = Command::new(BIN)
+        .args(["enroll", "alice", "--state-dir"])
+        .arg(&install.state)
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --url"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gates_on_one_state_dir_let_one_claim_win() {
+    let install = Install::new().await;
+    let a = install.start("a.log");
+    let b = install.start("b.log");
+    // Every loser counts against 127.0.0.1's failed-claim budget (10 per gate): two rounds
+    // of eight stay below it.
+    for round in 0..2 {
+        let link = install.link("alice", a.port, &[]);
+        let claims: Vec<_> = (0..8)
+            .map(|i| {
+                let device = if i % 2 == 0 { a.device() } else { b.device() };
+                let path = link.path().to_owned();
+                tokio::spawn(async move { device.send(post(&path, "")).await.map(|r| r.status) })
+            })
+            .collect();
+        let mut won = 0;
+        for claim in claims {
+            let status = claim.await.unwrap().unwrap();
+            assert!(
+                status == StatusCode::SEE_OTHER || status == StatusCode::NOT_FOUND,
+                "{status}"
+            );
+            won += usize::from(status == StatusCode::SEE_OTHER);
+        }
+        assert_eq!(won, 1, "round {round}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
