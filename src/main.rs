@@ -87,6 +87,10 @@ struct Standalone {
     /// Log as JSON lines.
     #[arg(long, env = "PORTCULLIS_LOG_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     log_json: bool,
+    /// How often identities/<name>/seen.json is brought up to date (and at shutdown).
+    /// For tests; the default suits everyone.
+    #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
+    seen_flush: Duration,
 }
 
 /// Who the data plane trusts to speak for clients.
@@ -110,6 +114,7 @@ impl ProxyArgs {
             proxy_protocol_from: self.proxy_protocol_from,
             limits: proxy::Limits::default(),
             workers: self.workers,
+            sightings: Arc::default(),
         }
     }
 }
@@ -461,6 +466,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(Some(loaded.snapshot));
     let shutdown = CancellationToken::new();
     let settings = args.proxy.settings();
+    let sightings = settings.sightings.clone();
     let tasks = [
         tokio::spawn(proxy::serve(
             listener,
@@ -473,6 +479,13 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
             admin,
             proxy::snapshot_loaded(rx),
             Arc::new(registry),
+            Some(sightings.clone()),
+            shutdown.clone(),
+        )),
+        tokio::spawn(proxy::seen::keep_seen_files(
+            sightings,
+            state.clone(),
+            args.seen_flush,
             shutdown.clone(),
         )),
         tokio::spawn(sources::file::run(
@@ -496,7 +509,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 3]) {
+async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 4]) {
     for task in tasks {
         let _ = task.await;
     }

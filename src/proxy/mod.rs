@@ -18,6 +18,7 @@ mod idle;
 mod listen;
 mod proxy_protocol;
 mod revocation;
+pub mod seen;
 mod upstream;
 
 use std::net::IpAddr;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use admin::{Readiness, serve_admin, snapshot_loaded};
 pub use listen::bind;
+pub use seen::{Sighting, Sightings};
 
 use crate::snapshot::SnapshotRx;
 use crate::telemetry::Metrics;
@@ -80,6 +82,9 @@ pub struct Settings {
     /// Threads serving client connections, each running its own single-threaded event
     /// loop (like nginx workers); 0 means one per available CPU.
     pub workers: usize,
+    /// Where admissions are reported (last seen, open connections per identity); the mode's
+    /// wiring keeps a clone to drain it and to serve `/identities`.
+    pub sightings: Arc<Sightings>,
 }
 
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
