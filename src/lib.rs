@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod controller;
+pub mod identity_list;
 pub mod operator;
 pub mod pki;
 pub mod proxy;
