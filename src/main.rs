@@ -182,8 +182,9 @@ enum IdentityCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Devices: serial(s) (current first, then superseded ones still admitted), expiry,
-    /// last seen, state (ok, expiring, awaiting device, revoked, ...) and open connections.
+    /// Devices: serial(s) (current first, then superseded ones still admitted; first 8 hex
+    /// digits), expiry, last seen, state (ok, expiring, awaiting device, revoked, ...) and
+    /// open connections.
     ///
     /// Standalone (--state-dir): connections come from the running gate's admin endpoint
     /// (GET /identities). Kubernetes: from each ClientIdentity's status; connections are

@@ -160,7 +160,9 @@ fn last_seen(facts: &Facts) -> Option<(Option<String>, SystemTime)> {
     }
 }
 
-/// The rows as an aligned table with a header line.
+/// The rows as an aligned table with a header line. Serials are shortened to their first 8
+/// hex digits, like abbreviated commit hashes: enough to tell an identity's certificates
+/// apart, and the table stays readable.
 pub fn render(rows: &[Row]) -> String {
     let header = [
         "NAME",
@@ -177,7 +179,8 @@ pub fn render(rows: &[Row]) -> String {
             if r.serials.is_empty() {
                 "-".into()
             } else {
-                r.serials.join(",")
+                let short: Vec<&str> = r.serials.iter().map(|s| short(s)).collect();
+                short.join(",")
             },
             r.expires.map_or("-".into(), rfc3339),
             match &r.last_seen {
@@ -207,7 +210,7 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
-/// A serial's first 8 hex digits: enough to match it in the SERIAL(S) column.
+/// A serial's first 8 hex digits.
 fn short(serial: &str) -> &str {
     serial.get(..8).unwrap_or(serial)
 }

@@ -143,6 +143,11 @@ async fn open_connections(admin: &str) -> std::result::Result<BTreeMap<String, u
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(admin: &str) -> std::result::Result<T, String> {
+    // `127.0.0.1:9090`, as --admin-listen takes it, means the same as with http://.
+    let admin = match admin.contains("://") {
+        true => admin.to_owned(),
+        false => format!("http://{admin}"),
+    };
     let base: http::Uri = admin.parse().map_err(|e| format!("not a URL: {e}"))?;
     if base.scheme_str() != Some("http") {
         return Err("only http:// URLs are supported (the admin port has no TLS)".into());
