@@ -63,6 +63,8 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             metrics.clone(),
             shutdown.clone(),
         ));
+        // The proxy's sightings (last seen, open connections): served on /identities.
+        let sightings = opts.settings.sightings.clone();
         tasks.spawn(proxy::serve(
             listener,
             rx.clone(),
@@ -75,6 +77,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             opts.admin,
             ready,
             Arc::new(registry),
+            Some(sightings),
             shutdown.clone(),
         ));
     } else {
@@ -84,6 +87,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             opts.admin,
             ready,
             Arc::new(registry),
+            None,
             shutdown.clone(),
         ));
     }

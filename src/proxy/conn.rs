@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::HeaderValue;
 use http_body_util::BodyExt;
@@ -18,8 +19,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::idle::{Activity, Tracked};
 use super::revocation::{self, Admitted, Credential};
+use super::seen::ConnSightings;
 use super::{Shared, contains, h1, proxy_protocol, reason};
-use crate::admission::CookieMint;
+use crate::admission::{CookieMint, Decision};
 use crate::snapshot::{Fingerprint, fingerprint};
 
 /// Facts about a connection that admission and forwarding need.
@@ -46,6 +48,8 @@ pub struct ConnInfo {
 pub struct Open {
     gauge: prometheus_client::metrics::gauge::Gauge,
     _slot: OwnedSemaphorePermit,
+    /// Who this connection was admitted as, and when it last said so.
+    pub seen: ConnSightings,
 }
 
 impl std::fmt::Debug for Open {
@@ -63,6 +67,7 @@ impl Open {
         Self {
             gauge: gauge.clone(),
             _slot: slot,
+            seen: ConnSightings::default(),
         }
     }
 }
@@ -238,6 +243,14 @@ pub async fn handle(
         () = shared.shutdown.cancelled() => {}
     }
     serving.abort();
+}
+
+/// Reports a request admitted by certificate or cookie (both HTTP paths call this): at most
+/// once a minute per connection and serial does it reach the shared tracker.
+pub(super) fn saw(shared: &Shared, conn: &ConnInfo, decision: &Decision, now: SystemTime) {
+    if let Some(cert) = decision.identity() {
+        conn.open.seen.saw(&shared.settings.sightings, cert, now);
+    }
 }
 
 /// A low-cardinality label for a failed handshake.
