@@ -171,9 +171,16 @@ pub async fn handle(
         let (shared, info, activity) = (shared.clone(), info.clone(), activity.clone());
         service_fn(move |req| {
             let in_flight = activity.as_ref().map(Activity::begin);
+            // hyper's HTTP/2 server sends whatever body it is given, even to a HEAD (its
+            // HTTP/1 server drops it), and a client resets such a stream: the gate's own
+            // pages (403, 502, enrollment) must go out as headers only.
+            let head = h2 && req.method() == http::Method::HEAD;
             let response = super::forward::handle(req, shared.clone(), info.clone());
             async move {
-                let response = response.await?;
+                let mut response = response.await?;
+                if head {
+                    response = headers_only(response);
+                }
                 Ok::<_, Infallible>(match in_flight {
                     Some(in_flight) => response.map(|body| Tracked::new(body, in_flight).boxed()),
                     None => response,
@@ -267,4 +274,19 @@ fn classify(error: &std::io::Error) -> &'static str {
         None if error.kind() == std::io::ErrorKind::UnexpectedEof => "client_closed",
         None => "io_error",
     }
+}
+
+/// The response to a HEAD: its headers, with the length the body would have had.
+fn headers_only(response: http::Response<super::Body>) -> http::Response<super::Body> {
+    use http_body_util::{BodyExt, Empty};
+    let (mut parts, body) = response.into_parts();
+    if let Some(len) = hyper::body::Body::size_hint(&body).exact()
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
+    let empty = Empty::new().map_err(|never| match never {}).boxed();
+    http::Response::from_parts(parts, empty)
 }

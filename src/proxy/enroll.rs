@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 
 use super::conn::ConnInfo;
@@ -39,19 +37,6 @@ pub(super) async fn serve<B>(
         }
         None => enroll::invalid(),
     };
-    // A HEAD (a link preview's) gets the headers only: hyper's HTTP/2 server sends whatever
-    // body it is given, and a client resets a HEAD stream that carries data (PROTOCOL_ERROR).
-    let (mut parts, bytes) = resp.into_parts();
-    let bytes = if req.method() == Method::HEAD {
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        Bytes::new()
-    } else {
-        bytes
-    };
-    http::Response::from_parts(
-        parts,
-        Full::new(bytes).map_err(|never| match never {}).boxed(),
-    )
+    // HEAD over HTTP/2 loses its body in conn.rs; HTTP/1 in hyper.
+    resp.map(|bytes| Full::new(bytes).map_err(|never| match never {}).boxed())
 }
