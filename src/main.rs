@@ -116,10 +116,6 @@ struct Standalone {
     /// Log as JSON lines.
     #[arg(long, env = "PORTCULLIS_LOG_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     log_json: bool,
-    /// How often identities/<name>/seen.json is brought up to date (and at shutdown).
-    /// For tests; the default suits everyone.
-    #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
-    seen_flush: Duration,
 }
 
 /// Who the data plane trusts to speak for clients.
@@ -134,6 +130,10 @@ struct ProxyArgs {
     /// Threads serving client connections (0: one per available CPU).
     #[arg(long, env = "PORTCULLIS_WORKERS", default_value_t = 0)]
     workers: usize,
+    /// How often what the data plane saw (last seen per device) is written: seen.json in
+    /// the state directory, or ClientIdentity status. For tests; the default suits everyone.
+    #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
+    seen_flush: Duration,
 }
 
 impl ProxyArgs {
@@ -516,6 +516,7 @@ async fn run_operator(args: Operator) -> anyhow::Result<()> {
         pod_name,
         listener,
         admin,
+        seen_flush: args.proxy.seen_flush,
         settings: args.proxy.settings(),
     };
     tracing::info!(namespace = %opts.namespace, replica = %opts.pod_name, "portcullis operator starting");
@@ -601,6 +602,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::watch::channel(Some(loaded.snapshot));
     let shutdown = CancellationToken::new();
+    let seen_flush = args.proxy.seen_flush;
     let mut settings = args.proxy.settings();
     let sightings = settings.sightings.clone();
     let store = portcullis::enroll::FileStore::new(state.enrollments_dir());
@@ -625,7 +627,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
         tokio::spawn(proxy::seen::keep_seen_files(
             sightings,
             state.clone(),
-            args.seen_flush,
+            seen_flush,
             shutdown.clone(),
         )),
         tokio::spawn(sources::file::run(

@@ -30,7 +30,7 @@ use crate::pki::{CertInfo, IssuedCert, RevokedSerial, first_cert_der, inspect, k
 use crate::{Error, Result};
 pub use atomic::write_atomic;
 use atomic::{hint, read_optional, sync_dir};
-pub use seen::SEEN_JSON;
+pub use seen::{SEEN_JSON, merge_sightings};
 
 /// Mode for private keys, `.p12` files, passwords and cookie keys.
 pub const SECRET_MODE: u32 = 0o600;

@@ -1,9 +1,9 @@
 //! The Kubernetes list: each ClientIdentity's spec and status. Open connections live in
 //! each proxy replica (its admin port's `/identities`), so the list leaves them out.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use crate::resources::from_time;
 use kube::api::{Api, ListParams};
 
 use super::{Cert, Facts, Row, row};
@@ -49,7 +49,7 @@ pub(super) fn facts(ci: &ClientIdentity, qualified: bool) -> Facts {
     let current = match (&status.serial_number, &status.not_after) {
         (Some(serial), Some(not_after)) => Some(Cert {
             serial: serial.clone(),
-            not_after: system_time(not_after),
+            not_after: from_time(not_after),
         }),
         _ => None,
     };
@@ -67,25 +67,17 @@ pub(super) fn facts(ci: &ClientIdentity, qualified: bool) -> Facts {
             .iter()
             .map(|p| Cert {
                 serial: p.serial_number.clone(),
-                not_after: system_time(&p.not_after),
+                not_after: from_time(&p.not_after),
             })
             .collect(),
         seen: status
             .seen
             .iter()
-            .map(|s| (s.serial_number.clone(), system_time(&s.last_seen)))
+            .map(|s| (s.serial_number.clone(), from_time(&s.last_seen)))
             .collect(),
-        last_seen: status.last_seen.as_ref().map(system_time),
+        last_seen: status.last_seen.as_ref().map(from_time),
         revoked: ci.spec.revoked,
         blocked,
         connections: None,
-    }
-}
-
-fn system_time(t: &Time) -> SystemTime {
-    let secs = t.0.as_second();
-    match u64::try_from(secs) {
-        Ok(secs) => UNIX_EPOCH + std::time::Duration::from_secs(secs),
-        Err(_) => UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs()),
     }
 }

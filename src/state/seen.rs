@@ -62,23 +62,7 @@ impl StateDir {
             tracing::warn!(error = %e, "replacing an unreadable {SEEN_JSON}");
             BTreeMap::new()
         });
-        let mut after = before.clone();
-        for (serial, at) in sightings {
-            if !is_serial(serial) {
-                continue;
-            }
-            let at = whole_seconds(*at);
-            let newest = after.entry(serial.clone()).or_insert(at);
-            *newest = (*newest).max(at);
-        }
-        if after.len() > SERIALS_KEPT {
-            let mut by_time: Vec<(SystemTime, String)> =
-                after.iter().map(|(s, t)| (*t, s.clone())).collect();
-            by_time.sort_by(|a, b| b.cmp(a));
-            for (_, serial) in by_time.into_iter().skip(SERIALS_KEPT) {
-                after.remove(&serial);
-            }
-        }
+        let after = merge_sightings(&before, sightings);
         if after == before {
             return Ok(false);
         }
@@ -93,6 +77,33 @@ impl StateDir {
         write_atomic(&dir.join(SEEN_JSON), &json, PUBLIC_MODE)?;
         Ok(true)
     }
+}
+
+/// `before` with `sightings` (serial, time) merged in: the newest time per serial (whole
+/// seconds), at most the [`SERIALS_KEPT`] most recently seen serials; entries that are not
+/// serials are ignored. Shared by `seen.json` and the ClientIdentity's `status.seen`.
+pub fn merge_sightings(
+    before: &BTreeMap<String, SystemTime>,
+    sightings: &[(String, SystemTime)],
+) -> BTreeMap<String, SystemTime> {
+    let mut after = before.clone();
+    for (serial, at) in sightings {
+        if !is_serial(serial) {
+            continue;
+        }
+        let at = whole_seconds(*at);
+        let newest = after.entry(serial.clone()).or_insert(at);
+        *newest = (*newest).max(at);
+    }
+    if after.len() > SERIALS_KEPT {
+        let mut by_time: Vec<(SystemTime, String)> =
+            after.iter().map(|(s, t)| (*t, s.clone())).collect();
+        by_time.sort_by(|a, b| b.cmp(a));
+        for (_, serial) in by_time.into_iter().skip(SERIALS_KEPT) {
+            after.remove(&serial);
+        }
+    }
+    after
 }
 
 /// The file keeps seconds: comparing at that precision keeps an unchanged sighting from
