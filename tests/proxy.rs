@@ -2020,3 +2020,55 @@ async fn head_over_http2_gets_the_gates_own_answers_as_headers_only() -> R {
     }
     Ok(())
 }
+
+/// The live set carries each certificate's notAfter: at that instant its connections,
+/// WebSockets and cookies end without any new snapshot (here the allowlist says the
+/// certificate ends in 3 s while its X.509 validity runs on, so only that rule can act).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_cookies_end_at_the_certificates_not_after_without_a_reload() -> R {
+    let ends = SystemTime::now() + Duration::from_secs(3);
+    let e = env_with(
+        |spec, _| {
+            for c in spec.live.iter_mut().filter(|c| c.identity == "alice") {
+                c.not_after = ends;
+            }
+        },
+        Settings::default(),
+    )
+    .await;
+    let cookie = earn_cookie(&e, &e.alice).await;
+    let [mut alice_ws, mut alice_cookie_ws, mut bob_ws] = three_websockets(&e).await;
+    ws_roundtrip(&mut alice_ws, "before").await;
+    let generation = e.gate.snapshot().generation;
+
+    let left = ends.duration_since(SystemTime::now()).unwrap_or_default();
+    let deadline = left + Duration::from_secs(1) + TEARDOWN;
+    assert_eq!(
+        ws_next(&mut alice_ws, deadline).await,
+        Ok(None),
+        "the certificate WebSocket outlived notAfter"
+    );
+    assert_eq!(
+        ws_next(&mut alice_cookie_ws, TEARDOWN).await,
+        Ok(None),
+        "the cookie WebSocket outlived notAfter"
+    );
+    ws_roundtrip(&mut bob_ws, "bob is not affected").await;
+    let by_cert = e.gate.client().cert(&e.alice).get("/").await?;
+    assert_eq!(by_cert.status, StatusCode::FORBIDDEN);
+    let by_cookie = e
+        .gate
+        .client()
+        .send(with_headers(
+            get("/"),
+            &[("cookie", &cookie_header(&cookie))],
+        ))
+        .await?;
+    assert_eq!(by_cookie.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        e.gate.snapshot().generation,
+        generation,
+        "no snapshot was published"
+    );
+    Ok(())
+}
