@@ -1035,6 +1035,10 @@ fn chart_rbac(namespace: &str) -> (ClusterRole, Role) {
         "rules": [
             {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities", "protectedroutes"],
              "verbs": ["list", "watch"]},
+            {"apiGroups": ["portcullis.dev"], "resources": ["enrollments"],
+             "verbs": ["list", "delete"]},
+            {"apiGroups": ["portcullis.dev"], "resources": ["enrollments/status"],
+             "verbs": ["update"]},
             {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["patch"]},
             {"apiGroups": ["portcullis.dev"],
              "resources": ["clientidentities/status", "protectedroutes/status"], "verbs": ["patch"]},

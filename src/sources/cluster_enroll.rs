@@ -108,7 +108,10 @@ impl ClusterEnrollments {
                     return Ok(true);
                 }
                 // Another replica (or an edit) got there first: read again; a claim is final.
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    tracing::debug!(enrollment = %name, "claim write conflicted; reading again");
+                    continue;
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
                 // Fail closed: an unknown outcome is no win (the link may be used up; the
                 // admin runs `portcullis enroll` again).
