@@ -387,9 +387,21 @@ async fn two_proxy_replicas_let_exactly_one_claim_win() {
         assert!(!log_text.contains(token), "a token in the log");
     }
 
+    // A revoked identity gets no link.
+    let ids: Api<ClientIdentity> = Api::namespaced(admin.clone(), ns);
+    patch_spec(&ids, "phone", json!({"revoked": true}))
+        .await
+        .unwrap();
+    let out = enroll(&env.kubeconfig, ns, "phone", &["--url", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("ClientIdentity enroll-home/phone is revoked"),
+        "{stderr}"
+    );
+
     // 3. Deleting the identity removes its links (owner reference).
     wait_garbage_collector(&admin, ns, Duration::from_secs(60)).await;
-    let ids: Api<ClientIdentity> = Api::namespaced(admin.clone(), ns);
     ids.delete("phone", &DeleteParams::default()).await.unwrap();
     wait_gone(&ids, "phone", T).await;
     let enrollments: Api<Enrollment> = Api::namespaced(admin.clone(), ns);
@@ -581,9 +593,25 @@ async fn simultaneous_claims_through_the_store_have_one_winner() {
     use portcullis::enroll::EnrollmentStore;
     use portcullis::sources::cluster_enroll::ClusterEnrollments;
     use std::sync::Arc;
-    let (_turn, _env, admin) = setup().await;
+    let (_turn, env, admin) = setup().await;
     let ns = "enroll-store";
     ensure_namespace(&admin, ns).await.unwrap();
+    // No operator runs here: an identity without its Secret gets a clear refusal.
+    let ids: Api<ClientIdentity> = Api::namespaced(admin.clone(), ns);
+    apply(&ids, &identity("unminted", json!({}))).await.unwrap();
+    let out = enroll(
+        &env.kubeconfig,
+        ns,
+        "unminted",
+        &["--url", "https://ha.example.com"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("Secret enroll-store/unminted-client does not exist yet"),
+        "{stderr}"
+    );
+
     let replicas = [
         Arc::new(ClusterEnrollments::new(admin.clone(), "replica-a")),
         Arc::new(ClusterEnrollments::new(admin.clone(), "replica-b")),
