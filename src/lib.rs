@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod controller;
 pub mod enroll;
+pub mod identity_list;
 pub mod operator;
 pub mod pki;
 pub mod proxy;

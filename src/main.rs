@@ -19,7 +19,7 @@ use portcullis::state::StateDir;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use portcullis::telemetry::{Metrics, init_logging};
-use portcullis::{operator, proxy, resources};
+use portcullis::{identity_list, operator, proxy, resources};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -134,6 +134,10 @@ struct ProxyArgs {
     /// Threads serving client connections (0: one per available CPU).
     #[arg(long, env = "PORTCULLIS_WORKERS", default_value_t = 0)]
     workers: usize,
+    /// How often what the data plane saw (last seen per device) is written: seen.json in
+    /// the state directory, or ClientIdentity status. For tests; the default suits everyone.
+    #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
+    seen_flush: Duration,
 }
 
 impl ProxyArgs {
@@ -144,6 +148,7 @@ impl ProxyArgs {
             limits: proxy::Limits::default(),
             workers: self.workers,
             enrollments: None,
+            sightings: Arc::default(),
         }
     }
 }
@@ -211,6 +216,31 @@ enum IdentityCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Devices: serial(s) (current first, then superseded ones still admitted; first 8 hex
+    /// digits), expiry, last seen, state (ok, expiring, awaiting device, revoked, ...) and
+    /// open connections.
+    ///
+    /// Standalone (--state-dir): connections come from the running gate's admin endpoint
+    /// (GET /identities). Kubernetes: from each ClientIdentity's status; connections are
+    /// counted by each proxy replica (its admin port's /identities), so the column shows -.
+    List(ListArgs),
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    /// Standalone state directory. Without it, ClientIdentities are read from Kubernetes
+    /// (kubeconfig or in-cluster credentials).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Standalone: the running gate's admin address (its --admin-listen).
+    #[arg(long, default_value = identity_list::DEFAULT_ADMIN)]
+    admin: String,
+    /// Kubernetes namespace. Default: the kubeconfig's.
+    #[arg(short, long, conflicts_with = "all_namespaces")]
+    namespace: Option<String>,
+    /// Kubernetes: every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -250,6 +280,7 @@ fn main() -> ExitCode {
             output,
         }) => export_format(format, embed_password)
             .and_then(|format| export(&name, format, state_dir, namespace, output)),
+        Command::Identity(IdentityCommand::List(args)) => list(args),
         Command::CookieKey(CookieKeyCommand::Rotate { state_dir }) => rotate(state_dir),
         Command::Enroll(args) => enroll(args),
     };
@@ -346,6 +377,35 @@ fn export(
         (_, Some(password)) => println!("password: {password}"),
         (_, None) => {}
     }
+    Ok(())
+}
+
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let rows = match args.state_dir {
+        Some(dir) => {
+            let state = StateDir::new(dir);
+            let (rows, notes) =
+                runtime()?.block_on(identity_list::list_standalone(&state, &args.admin))?;
+            for note in notes {
+                eprintln!("note: {note}");
+            }
+            rows
+        }
+        None => runtime()?.block_on(async {
+            let client = kube::Client::try_default().await.context(
+                "connecting to Kubernetes (pass --state-dir DIR for a standalone installation, \
+                 or set KUBECONFIG)",
+            )?;
+            let ns = (!args.all_namespaces).then(|| {
+                args.namespace
+                    .unwrap_or_else(|| client.default_namespace().to_owned())
+            });
+            identity_list::list_cluster(client, ns.as_deref())
+                .await
+                .map_err(anyhow::Error::from)
+        })?,
+    };
+    print!("{}", identity_list::render(&rows));
     Ok(())
 }
 
@@ -498,6 +558,7 @@ async fn run_operator(args: Operator) -> anyhow::Result<()> {
         pod_name,
         listener,
         admin,
+        seen_flush: args.proxy.seen_flush,
         settings: args.proxy.settings(),
     };
     tracing::info!(namespace = %opts.namespace, replica = %opts.pod_name, "portcullis operator starting");
@@ -583,7 +644,9 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::watch::channel(Some(loaded.snapshot));
     let shutdown = CancellationToken::new();
+    let seen_flush = args.proxy.seen_flush;
     let mut settings = args.proxy.settings();
+    let sightings = settings.sightings.clone();
     let store = portcullis::enroll::FileStore::new(state.enrollments_dir());
     settings.enrollments = Some(Arc::new(portcullis::enroll::Enrollments::new(Arc::new(
         store,
@@ -600,6 +663,13 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
             admin,
             proxy::snapshot_loaded(rx),
             Arc::new(registry),
+            Some(sightings.clone()),
+            shutdown.clone(),
+        )),
+        tokio::spawn(proxy::seen::keep_seen_files(
+            sightings,
+            state.clone(),
+            seen_flush,
             shutdown.clone(),
         )),
         tokio::spawn(sources::file::run(
@@ -623,7 +693,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 3]) {
+async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 4]) {
     for task in tasks {
         let _ = task.await;
     }

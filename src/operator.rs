@@ -41,6 +41,8 @@ pub struct Options {
     pub listener: Option<TcpListener>,
     /// Health and metrics.
     pub admin: TcpListener,
+    /// How often the data plane reports what it saw to ClientIdentity status.
+    pub seen_flush: std::time::Duration,
     pub settings: proxy::Settings,
 }
 
@@ -81,6 +83,15 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             metrics.clone(),
             shutdown.clone(),
         ));
+        // The proxy's sightings (last seen, open connections): served on /identities and
+        // reported to each ClientIdentity's status.
+        let sightings = settings.sightings.clone();
+        tasks.spawn(crate::sources::seen_status::report(
+            client.clone(),
+            sightings.clone(),
+            opts.seen_flush,
+            shutdown.clone(),
+        ));
         tasks.spawn(proxy::serve(
             listener,
             rx.clone(),
@@ -93,6 +104,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             opts.admin,
             ready,
             Arc::new(registry),
+            Some(sightings),
             shutdown.clone(),
         ));
     } else {
@@ -102,6 +114,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             opts.admin,
             ready,
             Arc::new(registry),
+            None,
             shutdown.clone(),
         ));
     }

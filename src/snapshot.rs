@@ -240,11 +240,14 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// Every live certificate.
+    pub fn live(&self) -> impl Iterator<Item = &Arc<LiveCert>> {
+        self.live_by_serial.values()
+    }
+
     /// Every live certificate of `identity` (a renewal can leave more than one).
     pub fn live_of<'a>(&'a self, identity: &'a str) -> impl Iterator<Item = &'a Arc<LiveCert>> {
-        self.live_by_serial
-            .values()
-            .filter(move |cert| cert.identity == identity)
+        self.live().filter(move |cert| cert.identity == identity)
     }
 }
 

@@ -7,6 +7,8 @@
 //!        routes/<route>/tls.crt|tls.key
 //!        identities/<name>/tls.crt|tls.key|ca.crt|keystore.p12|keystore.p12.password
 //!                          previous.crt   certificates a renewal superseded, still admitted
+//!                          seen.json      when the device last used each serial (the gate
+//!                                         writes it once a minute at most)
 //!        enrollments/pending|claimed/<tokenHash>.json (0600)  one-time enrollment links
 //! ```
 //! Every write is atomic (temp file in the same directory, fsync, rename, fsync the
@@ -14,6 +16,7 @@
 
 mod atomic;
 mod ca;
+mod seen;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +30,7 @@ use crate::pki::{CertInfo, IssuedCert, RevokedSerial, first_cert_der, inspect, k
 use crate::{Error, Result};
 pub use atomic::write_atomic;
 use atomic::{hint, read_optional, sync_dir};
+pub use seen::{SEEN_JSON, merge_sightings};
 
 /// Mode for private keys, `.p12` files, passwords and cookie keys.
 pub const SECRET_MODE: u32 = 0o600;

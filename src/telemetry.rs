@@ -32,6 +32,21 @@ pub struct CertLabels {
     pub name: String,
 }
 
+/// Labels of `portcullis_device_certificate_expiry_timestamp_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceCertLabels {
+    /// `name` (standalone) or `namespace/name`.
+    pub identity: String,
+    /// Serial, lowercase hex.
+    pub serial: String,
+}
+
+/// Labels of per-identity gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    pub identity: String,
+}
+
 /// Labels of `portcullis_enrollments_total`. Never a client address: it is unbounded.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EnrollmentLabels {
@@ -53,6 +68,11 @@ pub struct Metrics {
     pub enrollments: Family<EnrollmentLabels, Counter>,
     /// Failed enrollment claims by reason (invalid / rate_limited).
     pub enrollment_refusals: Family<FailureLabels, Counter>,
+    /// notAfter of every admitted device certificate (current and superseded).
+    pub device_cert_expiry: Family<DeviceCertLabels, Gauge<i64, AtomicI64>>,
+    /// Superseded certificates still admitted, per identity: a renewal not yet delivered
+    /// (or a second copy of the identity, e.g. the Home Assistant app's, not yet updated).
+    pub renewal_pending: Family<IdentityLabels, Gauge>,
 }
 
 impl Metrics {
@@ -95,6 +115,16 @@ impl Metrics {
             self.snapshot_generation.clone(),
         );
         r.register(
+            "device_certificate_expiry_timestamp_seconds",
+            "notAfter of each admitted device certificate, by identity and serial",
+            self.device_cert_expiry.clone(),
+        );
+        r.register(
+            "renewal_pending",
+            "Superseded device certificates still admitted, by identity (alert when the oldest nears its expiry)",
+            self.renewal_pending.clone(),
+        );
+        r.register(
             "enrollments",
             "Enrollment links claimed, by identity and platform",
             self.enrollments.clone(),
@@ -104,6 +134,36 @@ impl Metrics {
             "Enrollment link claims refused (invalid, used or expired link; rate limited)",
             self.enrollment_refusals.clone(),
         );
+    }
+
+    /// Replaces the device-certificate gauges with those of a newly published live set of
+    /// `(identity, serial, notAfter)`.
+    pub fn observe_live<'a>(
+        &self,
+        live: impl Iterator<Item = (&'a str, &'a str, std::time::SystemTime)>,
+    ) {
+        self.device_cert_expiry.clear();
+        self.renewal_pending.clear();
+        let mut per_identity: std::collections::HashMap<&str, i64> = Default::default();
+        for (identity, serial, not_after) in live {
+            let secs = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let labels = DeviceCertLabels {
+                identity: identity.to_owned(),
+                serial: serial.to_owned(),
+            };
+            self.device_cert_expiry
+                .get_or_create(&labels)
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+            *per_identity.entry(identity).or_default() += 1;
+        }
+        for (identity, certs) in per_identity {
+            let labels = IdentityLabels {
+                identity: identity.to_owned(),
+            };
+            self.renewal_pending.get_or_create(&labels).set(certs - 1);
+        }
     }
 
     /// The registry text for `/metrics`.
@@ -127,5 +187,40 @@ pub fn init_logging(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn live_set_gauges_name_each_serial_and_count_superseded_ones() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let t = |s| UNIX_EPOCH + Duration::from_secs(s);
+        metrics.observe_live(
+            [
+                ("home/phone", "0b", t(2000)),
+                ("home/phone", "0a", t(1000)),
+                ("laptop", "0c", t(3000)),
+            ]
+            .into_iter(),
+        );
+        let text = Metrics::encode(&registry);
+        for line in [
+            r#"portcullis_device_certificate_expiry_timestamp_seconds{identity="home/phone",serial="0a"} 1000"#,
+            r#"portcullis_renewal_pending{identity="home/phone"} 1"#,
+            r#"portcullis_renewal_pending{identity="laptop"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // A new live set replaces the old one: nothing stale is left behind.
+        metrics.observe_live([("laptop", "0c", t(3000))].into_iter());
+        let text = Metrics::encode(&registry);
+        assert!(!text.contains("home/phone"), "{text}");
     }
 }

@@ -168,16 +168,18 @@ fn options() -> Vec<ChartOption> {
             "proxy-only role",
             vec!["--set", "operator.role=proxy"],
             |docs| {
-                // A data-plane-only installation gets read access only, and no Lease Role;
-                // enrollment links are the one exception: it claims (a status write) and
-                // deletes Enrollments, and publishes the claim's Event. Never a Secret write.
+                // A data-plane-only installation reads; it writes nothing but the
+                // ClientIdentity status it reports lastSeen in, and what enrollment links
+                // need: the claim (a status write), deleting used Enrollments, the claim's
+                // Event. Never a Secret write; no Lease Role.
                 let role = find(docs, "ClusterRole", None).unwrap();
                 for rule in role["rules"].as_array().unwrap() {
                     let allowed: &[&str] = match rule["resources"][0].as_str().unwrap() {
+                        "clientidentities/status" => &["patch"],
                         "enrollments" => &["list", "delete"],
                         "enrollments/status" => &["update"],
                         "events" => &["create"],
-                        _ => &["list", "watch"],
+                        _ => &["list", "watch", "get"],
                     };
                     for verb in rule["verbs"].as_array().unwrap() {
                         assert!(allowed.contains(&verb.as_str().unwrap()), "{rule}");
@@ -656,16 +658,12 @@ async fn a_missing_status_verb_fails_the_scenario() {
     let env = Envtest::start();
     let admin = env.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let docs = without_verb(
-        render(&[]),
-        json!(["clientidentities/status", "protectedroutes/status"]),
-        "patch",
-    );
+    let docs = without_verb(render(&[]), json!(["clientidentities/status"]), "patch");
     let kubeconfig = install(&env.kubeconfig, &admin, &docs, dir.path()).await;
     let sa = client_from(&kubeconfig).await;
     let err = shared_scenario(&admin, sa, "home", Duration::from_secs(15))
         .await
-        .expect_err("the scenario must fail without patch on the status subresources");
+        .expect_err("the scenario must fail without patch on the ClientIdentity status");
     eprintln!("scenario failed as it must: {err}");
     assert!(
         err.contains("Ready=True"),

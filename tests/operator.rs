@@ -1035,13 +1035,16 @@ fn chart_rbac(namespace: &str) -> (ClusterRole, Role) {
         "rules": [
             {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities", "protectedroutes"],
              "verbs": ["list", "watch"]},
+            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["get"]},
+            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities/status"],
+             "verbs": ["patch"]},
             {"apiGroups": ["portcullis.dev"], "resources": ["enrollments"],
              "verbs": ["list", "delete"]},
             {"apiGroups": ["portcullis.dev"], "resources": ["enrollments/status"],
              "verbs": ["update"]},
             {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["patch"]},
-            {"apiGroups": ["portcullis.dev"],
-             "resources": ["clientidentities/status", "protectedroutes/status"], "verbs": ["patch"]},
+            {"apiGroups": ["portcullis.dev"], "resources": ["protectedroutes/status"],
+             "verbs": ["patch"]},
             {"apiGroups": ["portcullis.dev"],
              "resources": ["clientidentities/finalizers", "protectedroutes/finalizers"],
              "verbs": ["update"]},
@@ -1144,7 +1147,8 @@ struct Minted {
     ca_data: BTreeMap<String, Vec<u8>>,
     /// (name, resourceVersion) of every Secret the operator wrote.
     secret_versions: Vec<(String, String)>,
-    /// (identity, serial, resourceVersion of the ClientIdentity).
+    /// (identity, serial, the ClientIdentity's spec and status as JSON, less what the data
+    /// plane writes there: lastSeen and seen).
     identities: Vec<(String, String, String)>,
     /// resourceVersion of the route (its status).
     route_version: String,
@@ -1173,11 +1177,11 @@ async fn minted_state(admin: &Client, op_ns: &str, ns: &str) -> Minted {
     let mut identities = Vec::new();
     for name in ["phone", "old-laptop"] {
         let ci = ids(admin, ns).get(name).await.unwrap();
-        identities.push((
-            name.to_owned(),
-            status_serial(&ci),
-            ci.resource_version().unwrap(),
-        ));
+        let mut status = ci.status.clone().unwrap_or_default();
+        (status.last_seen, status.seen) = (None, Vec::new());
+        let written =
+            json!({"spec": ci.spec, "status": status, "generation": ci.metadata.generation});
+        identities.push((name.to_owned(), status_serial(&ci), written.to_string()));
     }
     let route_version = routes(admin, ns)
         .get("ha")
@@ -1905,16 +1909,43 @@ async fn renewal_keeps_the_old_certificate_and_the_ledger_outranks_every_secret(
     rebuilt(proxy.admin, before).await;
     assert!(first.probe().await.is_refused(), "restored serial1");
 
-    // 5. A status-only write (what lastSeen is) rebuilds nothing on the data plane.
+    // 5. The data plane's lastSeen writer reports to status, and that write rebuilds
+    // nothing on any data plane.
     let before = generation(proxy.admin).await;
-    ids(&admin, ns)
-        .patch_status(
-            "phone",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&json!({"status": {"lastSeen": "2026-12-01T00:00:00Z"}})),
-        )
-        .await
-        .unwrap();
+    let sightings = std::sync::Arc::new(portcullis::proxy::Sightings::default());
+    let seen_cert = portcullis::snapshot::LiveCert {
+        identity: format!("{ns}/phone"),
+        serial_hex: serial2.clone(),
+        fingerprint: [0; 32],
+        labels: Default::default(),
+        not_after: std::time::SystemTime::now() + Duration::from_secs(3600),
+    };
+    sightings.saw(&seen_cert, std::time::SystemTime::now());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(portcullis::sources::seen_status::report(
+        admin.clone(),
+        sightings,
+        Duration::from_millis(200),
+        stop.clone(),
+    ));
+    eventually("status.seen to be written", T, async || {
+        let ci = ids(&admin, ns)
+            .get("phone")
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = ci.status.unwrap_or_default();
+        let seen: Vec<&str> = status
+            .seen
+            .iter()
+            .map(|s| s.serial_number.as_str())
+            .collect();
+        (seen == [serial2.as_str()] && status.last_seen.is_some())
+            .then_some(())
+            .ok_or(format!("seen {seen:?}, lastSeen {:?}", status.last_seen))
+    })
+    .await;
+    stop.cancel();
+    writer.await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         generation(proxy.admin).await,

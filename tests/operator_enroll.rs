@@ -439,6 +439,9 @@ fn chart_proxy_rules(name: &str) -> ClusterRole {
         "rules": [
             {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities", "protectedroutes"],
              "verbs": ["list", "watch"]},
+            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["get"]},
+            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities/status"],
+             "verbs": ["patch"]},
             {"apiGroups": ["portcullis.dev"], "resources": ["enrollments"],
              "verbs": ["list", "delete"]},
             {"apiGroups": ["portcullis.dev"], "resources": ["enrollments/status"],
@@ -519,6 +522,7 @@ async fn the_chart_proxy_rules_are_enough_to_serve_a_link() {
             pod_name: "rbac-proxy".into(),
             listener: Some(listener),
             admin: admin_listener,
+            seen_flush: portcullis::proxy::seen::FLUSH_EVERY,
             settings: portcullis::proxy::Settings::default(),
         },
         stop.clone(),

@@ -1999,3 +1999,24 @@ async fn a_stale_cookie_next_to_a_good_one_does_not_lock_out() -> R {
     assert_eq!(resp.echo().header("x-portcullis-identity"), Some("alice"));
     Ok(())
 }
+
+/// hyper's HTTP/2 server sends the body it is given even to a HEAD, and clients reset such
+/// a stream (curl: PROTOCOL_ERROR): the gate's own answers go out as headers only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_over_http2_gets_the_gates_own_answers_as_headers_only() -> R {
+    let e = env().await;
+    for client in [e.gate.client(), e.gate.client().h2()] {
+        let denied = client.send(common::head("/")).await?;
+        assert_eq!(denied.status, StatusCode::FORBIDDEN);
+        assert!(denied.body.is_empty(), "{:?}", denied.body);
+        assert!(
+            denied.header("content-length").is_some_and(|l| l != "0"),
+            "the length the page would have: {:?}",
+            denied.header("content-length")
+        );
+        let admitted = client.cert(&e.alice).send(common::head("/")).await?;
+        assert_eq!(admitted.status, StatusCode::OK);
+        assert!(admitted.body.is_empty(), "{:?}", admitted.body);
+    }
+    Ok(())
+}

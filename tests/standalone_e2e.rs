@@ -335,3 +335,64 @@ async fn an_idle_gate_does_not_keep_rereading_its_files() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_keeps_the_old_certificate_admitted_and_a_revoke_takes_both() {
+    let install = Install::new().await;
+    let gate = install.start();
+    let old = gate.client(Some("alice"));
+    assert_eq!(old.get("/").await.unwrap().status, 200);
+    let (mut old_ws, _) = old
+        .websocket("/api/websocket", None)
+        .await
+        .expect("WebSocket with the first certificate");
+    let first = read(&install.state.join("identities/alice/tls.crt"));
+
+    // A spec change re-issues alice's certificate; the phone still holds the first one.
+    let renamed = |revoked: bool| {
+        config(install.upstream.addr, revoked, "").replacen(
+            "  name: alice\nspec:\n",
+            "  name: alice\nspec:\n  commonName: alice-renamed\n",
+            1,
+        )
+    };
+    save(&install.file, &renamed(false));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read(&install.state.join("identities/alice/tls.crt")) == first {
+        assert!(Instant::now() < deadline, "alice was not re-issued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = gate.client(Some("alice"));
+    assert_eq!(new.get("/").await.unwrap().status, 200, "new certificate");
+    assert_eq!(
+        old.get("/").await.unwrap().status,
+        200,
+        "a re-issue must not lock out the certificate the device holds"
+    );
+    ws_roundtrip(&mut old_ws, "still open after the renewal").await;
+    assert_eq!(
+        read(&install.state.join("identities/alice/previous.crt")),
+        first,
+        "previous.crt holds the superseded certificate"
+    );
+    let ledger = std::fs::read_to_string(install.state.join("revoked.yaml")).unwrap_or_default();
+    assert!(
+        !ledger.contains("serial:"),
+        "nothing revoked by a renewal: {ledger}"
+    );
+
+    // Revoking the identity takes every serial it has: both handshakes and the WebSocket.
+    save(&install.file, &renamed(true));
+    assert_eq!(
+        ws_next(&mut old_ws, Duration::from_secs(2)).await,
+        Ok(None),
+        "the old certificate's WebSocket closes on revoke"
+    );
+    for (which, client) in [("old", &old), ("new", &new)] {
+        assert!(
+            client.probe().await.is_refused(),
+            "{which} certificate after revoke"
+        );
+    }
+}

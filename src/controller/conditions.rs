@@ -1,10 +1,9 @@
 //! `metav1.Condition`s whose `lastTransitionTime` moves only when their status does, so a
 //! reconcile of an unchanged object computes an identical status and writes nothing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
 
 /// `Ready`: the object is fully in effect.
 pub const READY: &str = "Ready";
@@ -83,16 +82,7 @@ pub fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str
         .map(|c| c.reason.as_str())
 }
 
-/// A `Time` for `t`, truncated to whole seconds (what the API server stores), so a value
-/// read back compares equal to the one computed.
-pub fn time(t: SystemTime) -> Time {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    };
-    // Only years outside -9999..=9999 are out of range, which no certificate holds.
-    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
-}
+pub use crate::resources::to_time as time;
 
 /// Now, as a [`Time`] in whole seconds.
 pub fn now() -> Time {
@@ -101,7 +91,7 @@ pub fn now() -> Time {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 

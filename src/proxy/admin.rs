@@ -1,4 +1,4 @@
-//! Health and metrics on a separate (by default loopback) port.
+//! Health, metrics and the identities seen, on a separate (by default loopback) port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::Sightings;
 use crate::snapshot::SnapshotRx;
 use crate::telemetry::Metrics;
 
@@ -23,12 +24,15 @@ pub fn snapshot_loaded(snapshots: SnapshotRx) -> Readiness {
     Arc::new(move || snapshots.borrow().is_some())
 }
 
-/// Serves `/healthz` (the process runs), `/readyz` (`ready()` holds) and `/metrics`
-/// (Prometheus text) until `shutdown`.
+/// Serves `/healthz` (the process runs), `/readyz` (`ready()` holds), `/metrics`
+/// (Prometheus text) and, with a data plane's `sightings`, `/identities` (JSON: per
+/// identity, its open connections and when each serial was last seen by this process)
+/// until `shutdown`.
 pub async fn serve_admin(
     listener: TcpListener,
     ready: Readiness,
     registry: Arc<Registry>,
+    sightings: Option<Arc<Sightings>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -39,7 +43,7 @@ pub async fn serve_admin(
             },
             () = shutdown.cancelled() => return,
         };
-        let (ready, registry) = (ready.clone(), registry.clone());
+        let (ready, registry, sightings) = (ready.clone(), registry.clone(), sightings.clone());
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (status, content_type, body) = match req.uri().path() {
                 "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
@@ -53,6 +57,11 @@ pub async fn serve_admin(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     Metrics::encode(&registry),
+                ),
+                "/identities" if sightings.is_some() => (
+                    StatusCode::OK,
+                    "application/json",
+                    identities(sightings.as_deref()),
                 ),
                 _ => (
                     StatusCode::NOT_FOUND,
@@ -76,4 +85,10 @@ pub async fn serve_admin(
                 .await;
         });
     }
+}
+
+/// `/identities`: what this process saw, as JSON.
+fn identities(sightings: Option<&Sightings>) -> String {
+    let report = sightings.map(Sightings::report).unwrap_or_default();
+    serde_json::to_string(&report).unwrap_or_default() + "\n"
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::HeaderValue;
 use http_body_util::BodyExt;
@@ -18,8 +19,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::idle::{Activity, Tracked};
 use super::revocation::{self, Admitted, Credential};
+use super::seen::ConnSightings;
 use super::{Shared, contains, h1, proxy_protocol, reason};
-use crate::admission::CookieMint;
+use crate::admission::{CookieMint, Decision};
 use crate::snapshot::{Fingerprint, fingerprint};
 
 /// Facts about a connection that admission and forwarding need.
@@ -46,6 +48,8 @@ pub struct ConnInfo {
 pub struct Open {
     gauge: prometheus_client::metrics::gauge::Gauge,
     _slot: OwnedSemaphorePermit,
+    /// Who this connection was admitted as, and when it last said so.
+    pub seen: ConnSightings,
 }
 
 impl std::fmt::Debug for Open {
@@ -63,6 +67,7 @@ impl Open {
         Self {
             gauge: gauge.clone(),
             _slot: slot,
+            seen: ConnSightings::default(),
         }
     }
 }
@@ -166,9 +171,16 @@ pub async fn handle(
         let (shared, info, activity) = (shared.clone(), info.clone(), activity.clone());
         service_fn(move |req| {
             let in_flight = activity.as_ref().map(Activity::begin);
+            // hyper's HTTP/2 server sends whatever body it is given, even to a HEAD (its
+            // HTTP/1 server drops it), and a client resets such a stream: the gate's own
+            // pages (403, 502, enrollment) must go out as headers only.
+            let head = h2 && req.method() == http::Method::HEAD;
             let response = super::forward::handle(req, shared.clone(), info.clone());
             async move {
-                let response = response.await?;
+                let mut response = response.await?;
+                if head {
+                    response = headers_only(response);
+                }
                 Ok::<_, Infallible>(match in_flight {
                     Some(in_flight) => response.map(|body| Tracked::new(body, in_flight).boxed()),
                     None => response,
@@ -240,6 +252,14 @@ pub async fn handle(
     serving.abort();
 }
 
+/// Reports a request admitted by certificate or cookie (both HTTP paths call this): at most
+/// once a minute per connection and serial does it reach the shared tracker.
+pub(super) fn saw(shared: &Shared, conn: &ConnInfo, decision: &Decision, now: SystemTime) {
+    if let Some(cert) = decision.identity() {
+        conn.open.seen.saw(&shared.settings.sightings, cert, now);
+    }
+}
+
 /// A low-cardinality label for a failed handshake.
 fn classify(error: &std::io::Error) -> &'static str {
     use rustls::{CertificateError as C, Error as E};
@@ -254,4 +274,19 @@ fn classify(error: &std::io::Error) -> &'static str {
         None if error.kind() == std::io::ErrorKind::UnexpectedEof => "client_closed",
         None => "io_error",
     }
+}
+
+/// The response to a HEAD: its headers, with the length the body would have had.
+fn headers_only(response: http::Response<super::Body>) -> http::Response<super::Body> {
+    use http_body_util::{BodyExt, Empty};
+    let (mut parts, body) = response.into_parts();
+    if let Some(len) = hyper::body::Body::size_hint(&body).exact()
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
+    let empty = Empty::new().map_err(|never| match never {}).boxed();
+    http::Response::from_parts(parts, empty)
 }

@@ -37,5 +37,6 @@ pub(super) async fn serve<B>(
         }
         None => enroll::invalid(),
     };
+    // HEAD over HTTP/2 loses its body in conn.rs; HTTP/1 in hyper.
     resp.map(|bytes| Full::new(bytes).map_err(|never| match never {}).boxed())
 }

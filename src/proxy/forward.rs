@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::conn::{ConnInfo, Open};
+use super::conn::{self, ConnInfo, Open};
 use super::headers::{self, Forwarded};
 use super::idle::{self, RequestBody};
 use super::revocation::{self, Admitted};
@@ -112,6 +112,7 @@ pub async fn handle(
         );
         return Ok(denied(&req, reason));
     }
+    conn::saw(&shared, &conn, &decision, now);
     let set_cookie = earned_cookie(&decision, &snapshot, &route, &conn, &host, now);
     drop(snapshot);
 

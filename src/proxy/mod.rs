@@ -19,6 +19,7 @@ mod idle;
 mod listen;
 mod proxy_protocol;
 mod revocation;
+pub mod seen;
 mod upstream;
 
 use std::net::IpAddr;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use admin::{Readiness, serve_admin, snapshot_loaded};
 pub use listen::bind;
+pub use seen::{Sighting, Sightings};
 
 use crate::snapshot::SnapshotRx;
 use crate::telemetry::Metrics;
@@ -84,6 +86,9 @@ pub struct Settings {
     /// Enrollment links served under `/.well-known/portcullis/enroll/`; `None`: that path
     /// still belongs to the gate, and every link there is "not valid".
     pub enrollments: Option<Arc<crate::enroll::Enrollments>>,
+    /// Where admissions are reported (last seen, open connections per identity); the mode's
+    /// wiring keeps a clone to drain it and to serve `/identities`.
+    pub sightings: Arc<Sightings>,
 }
 
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {

@@ -8,6 +8,7 @@
 mod client_identity;
 mod enrollment;
 mod protected_route;
+mod time;
 pub mod validate;
 
 pub use client_identity::{
@@ -22,6 +23,7 @@ pub use protected_route::{
     BypassRule, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute, ProtectedRouteSpec,
     ProtectedRouteStatus, ServerCertificate, ServiceRef, Upstream,
 };
+pub use time::{from_time, to_time};
 
 pub use validate::{Problem, identity_problems, route_problems};
 

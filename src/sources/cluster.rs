@@ -138,6 +138,11 @@ pub async fn run(
                     "snapshot updated"
                 );
                 metrics.snapshot_generation.set(generation as i64);
+                metrics.observe_live(
+                    snapshot
+                        .live()
+                        .map(|c| (c.identity.as_str(), c.serial_hex.as_str(), c.not_after)),
+                );
                 metrics
                     .config_reloads
                     .get_or_create(&FailureLabels { reason: "ok" })

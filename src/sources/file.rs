@@ -248,6 +248,12 @@ fn record(metrics: &Metrics, loaded: &Loaded) {
     metrics
         .snapshot_generation
         .set(i64::try_from(loaded.snapshot.generation).unwrap_or(i64::MAX));
+    metrics.observe_live(
+        loaded
+            .snapshot
+            .live()
+            .map(|c| (c.identity.as_str(), c.serial_hex.as_str(), c.not_after)),
+    );
     metrics.cert_expiry.clear();
     for e in &loaded.expiries {
         let secs = e

@@ -23,6 +23,7 @@ mod identities;
 mod live;
 pub mod reconcile;
 mod routes;
+pub mod seen_status;
 mod yaml;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

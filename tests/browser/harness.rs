@@ -12,13 +12,14 @@
 //! quits it; the NSS database and cookies stay):
 //!
 //! ```ignore
+//! let link = gate.enroll("alice", &[]);
 //! let browser = gate.browser();
 //! let got = browser.run(&[
-//!     Step::goto(link),
+//!     Step::goto(&link.url),
 //!     Step::click("button"),
-//!     Step::download("a[download]", browser.home().join("device.p12")),
+//!     Step::download("a[href$='.p12'] >> nth=0", browser.home().join("device.p12")),
 //! ]);
-//! browser.import_p12(&got.download(2).path, &password);
+//! browser.import_p12(&got.download(2).path, &link.password);
 //! assert_eq!(browser.run(&[Step::goto(gate.url("/"))]).page(0).status, 200);
 //! ```
 //!
@@ -218,6 +219,67 @@ impl StandaloneGate {
     /// The temp dir holding the config, the state dir and the log.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `portcullis enroll IDENTITY` against this gate's state dir and config (extra `args`,
+    /// e.g. `--ttl`): the link and one-time password it printed.
+    pub fn enroll(&self, identity: &str, args: &[&str]) -> EnrollmentLink {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["enroll", identity, "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run portcullis enroll");
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "portcullis enroll {identity} failed: {printed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = printed
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no link in what enroll printed: {printed}"))
+            .to_owned();
+        let password = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("One-time password: "))
+            .unwrap_or_else(|| panic!("no one-time password in what enroll printed: {printed}"))
+            .trim()
+            .to_owned();
+        EnrollmentLink {
+            url,
+            password,
+            printed,
+        }
+    }
+}
+
+/// What `portcullis enroll` printed.
+#[derive(Debug, Clone)]
+pub struct EnrollmentLink {
+    /// `https://ha.test:PORT/.well-known/portcullis/enroll/<token>`
+    pub url: String,
+    pub password: String,
+    /// The whole output (QR code included).
+    pub printed: String,
+}
+
+impl EnrollmentLink {
+    /// The URL's path: `/.well-known/portcullis/enroll/<token>`.
+    pub fn path(&self) -> &str {
+        let rest = self.url.strip_prefix("https://").expect("an https link");
+        &rest[rest.find('/').expect("a path")..]
+    }
+
+    /// The token (the path's last segment).
+    pub fn token(&self) -> &str {
+        self.path().rsplit('/').next().expect("a token")
     }
 }
 

@@ -587,6 +587,7 @@ impl InProcessOperator {
             pod_name: pod_name.to_owned(),
             listener: Some(listener),
             admin,
+            seen_flush: portcullis::proxy::seen::FLUSH_EVERY,
             settings: portcullis::proxy::Settings::default(),
         };
         let stop = CancellationToken::new();

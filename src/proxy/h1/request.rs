@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use http::{HeaderValue, Method};
 
-use super::super::conn::ConnInfo;
+use super::super::conn::{self, ConnInfo};
 use super::super::forward::{earned_cookie, routed_host};
 use super::super::{Shared, contains, headers};
 use super::{content_length, write_header};
@@ -171,6 +171,7 @@ fn plan(
     if let Decision::Deny(_) = decision {
         return None; // hyper answers, counts and logs the refusal.
     }
+    conn::saw(shared, conn, &decision, now);
     let set_cookie = earned_cookie(&decision, snapshot, route, conn, &host, now);
 
     out.clear();
