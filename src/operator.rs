@@ -2,14 +2,20 @@
 //! and the data plane (fed by watches), in one process or split by `--role`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::enroll::Enrollments;
 use crate::sources::cluster::{self, ClusterSource};
+use crate::sources::cluster_enroll::{self, ClusterEnrollments};
 use crate::telemetry::Metrics;
 use crate::{Error, Result, controller, proxy};
+
+/// How often the data plane clears out expired enrollment links.
+const ENROLLMENT_SWEEP: Duration = Duration::from_secs(300);
 
 /// Which parts of the operator this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,18 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
         let listener = opts
             .listener
             .ok_or_else(|| Error::Config("the proxy role needs a --listen address".into()))?;
+        let mut settings = opts.settings;
+        if settings.enrollments.is_none() {
+            // Enrollment links: `Enrollment` objects, claimed with an optimistic-concurrency
+            // status write (see sources::cluster_enroll); no Secret access needed.
+            let store = Arc::new(ClusterEnrollments::new(client.clone(), &opts.pod_name));
+            settings.enrollments = Some(Arc::new(Enrollments::new(store.clone())));
+            tasks.spawn(cluster_enroll::sweep_every(
+                store,
+                ENROLLMENT_SWEEP,
+                shutdown.clone(),
+            ));
+        }
         let source = ClusterSource {
             namespace: opts.namespace.clone(),
             ca_secret: opts.ca_secret.clone(),
@@ -67,7 +85,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
         ));
         // The proxy's sightings (last seen, open connections): served on /identities and
         // reported to each ClientIdentity's status.
-        let sightings = opts.settings.sightings.clone();
+        let sightings = settings.sightings.clone();
         tasks.spawn(crate::sources::seen_status::report(
             client.clone(),
             sightings.clone(),
@@ -77,7 +95,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
         tasks.spawn(proxy::serve(
             listener,
             rx.clone(),
-            opts.settings,
+            settings,
             metrics,
             shutdown.clone(),
         ));

@@ -168,17 +168,21 @@ fn options() -> Vec<ChartOption> {
             "proxy-only role",
             vec!["--set", "operator.role=proxy"],
             |docs| {
-                // A data-plane-only installation reads, and writes nothing but the
-                // ClientIdentity status it reports lastSeen in; no Lease Role.
+                // A data-plane-only installation reads; it writes nothing but the
+                // ClientIdentity status it reports lastSeen in, and what enrollment links
+                // need: the claim (a status write), deleting used Enrollments, the claim's
+                // Event. Never a Secret write; no Lease Role.
                 let role = find(docs, "ClusterRole", None).unwrap();
                 for rule in role["rules"].as_array().unwrap() {
-                    let status = rule["resources"] == json!(["clientidentities/status"]);
+                    let allowed: &[&str] = match rule["resources"][0].as_str().unwrap() {
+                        "clientidentities/status" => &["patch"],
+                        "enrollments" => &["list", "delete"],
+                        "enrollments/status" => &["update"],
+                        "events" => &["create"],
+                        _ => &["list", "watch", "get"],
+                    };
                     for verb in rule["verbs"].as_array().unwrap() {
-                        let verb = verb.as_str().unwrap();
-                        assert!(
-                            ["list", "watch", "get"].contains(&verb) || (status && verb == "patch"),
-                            "{rule}"
-                        );
+                        assert!(allowed.contains(&verb.as_str().unwrap()), "{rule}");
                     }
                 }
                 assert!(find(docs, "Role", None).is_none());

@@ -35,7 +35,7 @@ pub use password::{PASSWORD_WORDS, one_time_password};
 pub use platform::{Detected, Platform, detect};
 pub use record::EnrollmentRecord;
 pub use store::{EnrollmentStore, FileStore, SharedStore};
-pub use token::Token;
+pub use token::{Token, same_hash};
 
 /// Paths the gate keeps for itself on every route.
 pub const RESERVED: &str = "/.well-known/portcullis/";

@@ -1,34 +1,17 @@
-//! One pending enrollment, as stored. Shaped to become the spec of an `Enrollment` custom
-//! resource in Kubernetes mode (camelCase, every field documented, no secrets in clear).
+//! One pending enrollment, as stored: a file in the standalone state directory, the spec of
+//! an `Enrollment` custom resource in Kubernetes (camelCase, every field documented, no
+//! secrets in clear).
 
 use std::time::SystemTime;
-
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 use super::bundle::Binding;
 
 /// An enrollment link's server side: who it enrolls, until when, and the sealed downloads.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EnrollmentRecord {
-    /// The ClientIdentity whose certificate the link hands out.
-    pub identity: String,
-    /// The route whose host the printed URL names (informational: a claim is accepted on
-    /// any route that admits the identity).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
-    /// The host the printed URL names (informational, like `route`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    /// SHA-256 of the link's token, lowercase hex. The token itself is stored nowhere.
-    pub token_hash: String,
-    /// When the link stops working (RFC 3339, UTC).
-    pub expires_at: String,
-    /// The `.p12` and `.mobileconfig`, AES-256-GCM under a key derived from the token
-    /// (base64).
-    pub bundle: String,
-}
+/// The same struct is the spec of the `Enrollment` custom resource (defined with the other
+/// kinds, in `resources`), so the standalone file and the Kubernetes object agree field
+/// for field. In memory `identity` is the snapshot's key: `NAME` standalone,
+/// `NAMESPACE/NAME` in Kubernetes (the object itself names the identity in its namespace).
+pub use crate::resources::EnrollmentSpec as EnrollmentRecord;
 
 impl EnrollmentRecord {
     /// `expires_at` as a time; `None` when it does not parse (treated as expired).

@@ -1,10 +1,12 @@
-//! The two resource kinds, shared by the Kubernetes operator and standalone mode.
+//! The resource kinds, shared by the Kubernetes operator and standalone mode.
 //!
 //! The same structs are the CRD schema (`portcullis crd`), the Kubernetes objects the
-//! operator watches, and the documents of a standalone config file. Every `///` comment on
-//! a field becomes `kubectl explain` text.
+//! operator watches, and the documents of a standalone config file (`Enrollment`'s spec is
+//! the standalone gate's enrollment record). Every `///` comment on a field becomes
+//! `kubectl explain` text.
 
 mod client_identity;
+mod enrollment;
 mod protected_route;
 mod time;
 pub mod validate;
@@ -12,6 +14,10 @@ pub mod validate;
 pub use client_identity::{
     ClientIdentity, ClientIdentitySpec, ClientIdentityStatus, KeyAlgorithm, Pkcs12Profile,
     Pkcs12Spec, PreviousCertificate, SecretKeyRef, SeenCertificate,
+};
+pub use enrollment::{
+    ENROLLMENT_IDENTITY_LABEL, Enrollment, EnrollmentSpec, EnrollmentStatus, TOKEN_HASH_LABEL,
+    token_hash_label,
 };
 pub use protected_route::{
     BypassRule, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute, ProtectedRouteSpec,
@@ -23,10 +29,14 @@ pub use validate::{Problem, identity_problems, route_problems};
 
 use kube::CustomResourceExt;
 
-/// The CRD YAML for both kinds, as printed by `portcullis crd` and checked in under `crds/`.
+/// The CRD YAML for every kind, as printed by `portcullis crd` and checked in under `crds/`.
 pub fn crd_yaml() -> String {
     let mut out = String::new();
-    for crd in [ProtectedRoute::crd(), ClientIdentity::crd()] {
+    for crd in [
+        ProtectedRoute::crd(),
+        ClientIdentity::crd(),
+        Enrollment::crd(),
+    ] {
         out.push_str("---\n");
         // Serialising a CRD built from our own types cannot fail.
         out.push_str(&serde_yaml::to_string(&crd).expect("CRD serialises to YAML"));

@@ -1,5 +1,6 @@
-//! `portcullis enroll` for a standalone installation: which identity, which address the
-//! device opens, and the link's record in the state directory.
+//! `portcullis enroll`: which identity, which address the device opens, and where the
+//! link's record goes — a file in the standalone state directory, or an `Enrollment` object
+//! in the identity's namespace. The link itself is made the same way in both modes.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -10,8 +11,10 @@ use ring::rand::SystemRandom;
 use super::config::load_config;
 use super::devices::{live_credentials, route_for};
 use super::name_of;
+use crate::controller::names;
 use crate::enroll::{Created, FileStore, NewEnrollment, prepare};
 use crate::pki::{self, IssuedCert};
+use crate::resources::ClientIdentity;
 use crate::state::StateDir;
 use crate::{Error, Result};
 
@@ -70,11 +73,6 @@ pub fn enroll_standalone(req: &EnrollStandalone<'_>) -> Result<Enrolled> {
         path: ca_path,
         reason: e.to_string(),
     })?;
-    let display_name = stored
-        .info
-        .common_name
-        .clone()
-        .unwrap_or_else(|| name.to_owned());
     let cert = IssuedCert {
         cert_pem: stored.cert_pem,
         key_pem: stored.key_pem,
@@ -82,25 +80,157 @@ pub fn enroll_standalone(req: &EnrollStandalone<'_>) -> Result<Enrolled> {
         key_der,
         info: stored.info,
     };
-    let created = prepare(
-        &NewEnrollment {
-            identity: name,
-            display_name: &display_name,
-            cert: &cert,
-            ca_cert_der: &ca_der,
-            base_url: &base,
-            route: route.as_deref(),
-            host: host.as_deref(),
-            ttl: req.ttl,
-            now: SystemTime::now(),
-        },
-        &SystemRandom::new(),
-    )?;
+    let created = make_link(&Link {
+        identity: name,
+        name,
+        cert: &cert,
+        ca_der: &ca_der,
+        base_url: &base,
+        route: route.as_deref(),
+        host: host.as_deref(),
+        ttl: req.ttl,
+    })?;
     let store = FileStore::new(req.state.enrollments_dir());
     store.create(&created.record)?;
     // Tidy up links nobody can use any more (the gate also does, on claims).
     store.sweep_sync(SystemTime::now(), crate::enroll::CLAIM_TTL)?;
     Ok(Enrolled { created, route })
+}
+
+/// What both modes make a link from.
+struct Link<'a> {
+    /// The snapshot's key for the identity: `NAME` standalone, `NAMESPACE/NAME` in
+    /// Kubernetes (the `.mobileconfig` identifiers derive from it, as in `identity export`).
+    identity: &'a str,
+    /// The identity's name (the profile's display name when the certificate has no CN).
+    name: &'a str,
+    cert: &'a IssuedCert,
+    ca_der: &'a [u8],
+    base_url: &'a str,
+    route: Option<&'a str>,
+    host: Option<&'a str>,
+    ttl: Duration,
+}
+
+/// The link's token, password and sealed downloads, the same in both modes.
+fn make_link(l: &Link<'_>) -> Result<Created> {
+    let display_name = l.cert.info.common_name.as_deref().unwrap_or(l.name);
+    prepare(
+        &NewEnrollment {
+            identity: l.identity,
+            display_name,
+            cert: l.cert,
+            ca_cert_der: l.ca_der,
+            base_url: l.base_url,
+            route: l.route,
+            host: l.host,
+            ttl: l.ttl,
+            now: SystemTime::now(),
+        },
+        &SystemRandom::new(),
+    )
+}
+
+/// What `portcullis enroll NAME --namespace NS` was asked.
+pub struct EnrollCluster<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub ttl: Duration,
+    /// `--url`: the gate's public base URL. Required: only the admin knows the port the
+    /// router or load balancer forwards.
+    pub url: &'a str,
+}
+
+/// Creates the link as an `Enrollment` in the identity's namespace, cancelling the
+/// identity's previous ones. Reads the identity's `<name>-client` Secret (certificate, key,
+/// CA) with the caller's credentials; the data plane never reads it.
+pub async fn enroll_cluster(client: &kube::Client, req: &EnrollCluster<'_>) -> Result<Enrolled> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    let (ns, name) = (req.namespace, req.name);
+    crate::enroll::check_ttl(req.ttl)?;
+    let base = crate::enroll::base_url(req.url)?;
+    let failed = |what: String| move |e: kube::Error| Error::Config(format!("{what}: {e}"));
+    let identity = Api::<ClientIdentity>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(failed(format!("reading ClientIdentity {ns}/{name}")))?
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "no ClientIdentity {name} in namespace {ns} (try --namespace)"
+            ))
+        })?;
+    if identity.spec.revoked {
+        return Err(Error::Config(format!(
+            "ClientIdentity {ns}/{name} is revoked (spec.revoked: true); a revoked identity \
+             cannot be enrolled"
+        )));
+    }
+    if identity.metadata.deletion_timestamp.is_some() {
+        return Err(Error::Config(format!(
+            "ClientIdentity {ns}/{name} is being deleted"
+        )));
+    }
+    let secret_name = names::identity_secret_name(name);
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&secret_name)
+        .await
+        .map_err(failed(format!("reading Secret {ns}/{secret_name}")))?
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "Secret {ns}/{secret_name} does not exist yet: is the operator running? See \
+                 `kubectl describe clientidentity {name} -n {ns}`"
+            ))
+        })?;
+    let data = secret.data.unwrap_or_default();
+    let read = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "Secret {ns}/{secret_name} has no usable {key}; the operator rewrites it \
+                     (see `kubectl describe clientidentity {name} -n {ns}`)"
+                ))
+            })
+    };
+    let bad = |key: &str, e: Error| Error::Config(format!("Secret {ns}/{secret_name}: {key}: {e}"));
+    let (cert_pem, key_pem, ca_pem) = (
+        read(names::TLS_CRT)?,
+        read(names::TLS_KEY)?,
+        read(names::CA_CRT)?,
+    );
+    let cert_der = pki::first_cert_der(&cert_pem).map_err(|e| bad(names::TLS_CRT, e))?;
+    let cert = IssuedCert {
+        info: pki::inspect(&cert_der).map_err(|e| bad(names::TLS_CRT, e))?,
+        key_der: pki::key_der_from_pem(&key_pem).map_err(|e| bad(names::TLS_KEY, e))?,
+        cert_der,
+        cert_pem,
+        key_pem,
+    };
+    let ca_der = pki::first_cert_der(&ca_pem).map_err(|e| bad(names::CA_CRT, e))?;
+    let host = base
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned));
+    let key = format!("{ns}/{name}");
+    let created = make_link(&Link {
+        identity: &key,
+        name,
+        cert: &cert,
+        ca_der: &ca_der,
+        base_url: &base,
+        route: None,
+        host: host.as_deref(),
+        ttl: req.ttl,
+    })?;
+    // The object names the identity as Kubernetes does: by name, in its own namespace.
+    let mut record = created.record.clone();
+    record.identity = name.to_owned();
+    super::cluster_enroll::create_enrollment(client, &identity, &record).await?;
+    Ok(Enrolled {
+        created,
+        route: None,
+    })
 }
 
 /// The identity must be in the config and not revoked there; the first route admitting it

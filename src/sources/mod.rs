@@ -13,6 +13,7 @@
 // The certificate checks are shared with the Kubernetes controller.
 use crate::pki::renewal as certs;
 pub mod cluster;
+pub mod cluster_enroll;
 pub mod config;
 mod devices;
 mod enroll;
@@ -33,7 +34,7 @@ pub use config::{
 pub use devices::{
     ExportFormat, Exported, export_identity, instructions, live_credentials, write_device_files,
 };
-pub use enroll::{EnrollStandalone, Enrolled, enroll_standalone};
+pub use enroll::{EnrollCluster, EnrollStandalone, Enrolled, enroll_cluster, enroll_standalone};
 pub use external::OwnCert;
 pub use reconcile::{Expiry, Outcome, reconcile};
 
