@@ -432,7 +432,11 @@ fn enroll(args: Enroll) -> anyhow::Result<()> {
         Some(dir) => enroll_standalone(&args, dir)?,
         None => enroll_cluster(&args)?,
     };
-    print_link(&args, &enrolled.created)
+    print_link(&args, &enrolled.created)?;
+    if let Some(note) = &enrolled.server_trust_note {
+        eprintln!("\nnote: {note}");
+    }
+    Ok(())
 }
 
 fn enroll_standalone(

@@ -37,15 +37,21 @@ pub struct Enrolled {
     pub created: Created,
     /// The route whose host the URL names, when derived from the config.
     pub route: Option<String>,
+    /// Printed when the route's server certificate is not one a phone trusts.
+    pub server_trust_note: Option<String>,
 }
 
 /// Creates the link, cancelling the identity's previous one.
 pub fn enroll_standalone(req: &EnrollStandalone<'_>) -> Result<Enrolled> {
     let name = req.name;
     crate::enroll::check_ttl(req.ttl)?;
-    let (route, host) = match req.config {
+    let RouteHost {
+        route,
+        host,
+        server_trust_note,
+    } = match req.config {
         Some(config) => route_host(config, name)?,
-        None => (None, None),
+        None => RouteHost::default(),
     };
     let base = match (req.url, &host) {
         (Some(url), _) => url.to_owned(),
@@ -94,7 +100,11 @@ pub fn enroll_standalone(req: &EnrollStandalone<'_>) -> Result<Enrolled> {
     store.create(&created.record)?;
     // Tidy up links nobody can use any more (the gate also does, on claims).
     store.sweep_sync(SystemTime::now(), crate::enroll::CLAIM_TTL)?;
-    Ok(Enrolled { created, route })
+    Ok(Enrolled {
+        created,
+        route,
+        server_trust_note,
+    })
 }
 
 /// What both modes make a link from.
@@ -227,15 +237,48 @@ pub async fn enroll_cluster(client: &kube::Client, req: &EnrollCluster<'_>) -> R
     let mut record = created.record.clone();
     record.identity = name.to_owned();
     super::cluster_enroll::create_enrollment(client, &identity, &record).await?;
+    let server_trust_note = served_by_own_ca(client, &base).await.then(|| {
+        let host = host_of(&base).unwrap_or_default();
+        server_trust_note(&host)
+    });
     Ok(Enrolled {
         created,
         route: None,
+        server_trust_note,
     })
+}
+
+/// Whether the ProtectedRoute serving `url`'s host presents a certificate minted by the
+/// installation's CA (`serverCertificate.issue`). `false` when it cannot tell (no such
+/// route, or no right to list routes).
+async fn served_by_own_ca(client: &kube::Client, url: &str) -> bool {
+    use crate::resources::ProtectedRoute;
+    let Some(host) = host_of(url) else {
+        return false;
+    };
+    let Ok(routes) = kube::Api::<ProtectedRoute>::all(client.clone())
+        .list(&Default::default())
+        .await
+    else {
+        return false;
+    };
+    routes
+        .items
+        .iter()
+        .find(|r| r.spec.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)))
+        .is_some_and(|r| r.spec.server_certificate.secret_name.is_none())
+}
+
+/// The host of an `https://HOST[:PORT]` URL.
+fn host_of(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    uri.host()
+        .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
 }
 
 /// The identity must be in the config and not revoked there; the first route admitting it
 /// gives the host.
-fn route_host(config: &Path, name: &str) -> Result<(Option<String>, Option<String>)> {
+fn route_host(config: &Path, name: &str) -> Result<RouteHost> {
     let config = load_config(config).map_err(|errors| {
         Error::Config(format!(
             "{} has problems (run `portcullis check --config {}`):\n{errors}",
@@ -269,7 +312,39 @@ fn route_host(config: &Path, name: &str) -> Result<(Option<String>, Option<Strin
         )));
     };
     let host = route.hosts.first().cloned();
-    Ok((Some(route.name), host))
+    let own_ca = config
+        .routes
+        .iter()
+        .find(|r| name_of(&r.metadata) == route.name)
+        .is_some_and(|r| r.spec.server_certificate.secret_name.is_none());
+    let note = own_ca.then(|| server_trust_note(host.as_deref().unwrap_or(&route.name)));
+    Ok(RouteHost {
+        route: Some(route.name),
+        host,
+        server_trust_note: note,
+    })
+}
+
+/// Where the link is served, as far as the config tells.
+#[derive(Default)]
+struct RouteHost {
+    route: Option<String>,
+    host: Option<String>,
+    server_trust_note: Option<String>,
+}
+
+/// What to tell the admin when the route's server certificate comes from the
+/// installation's own CA: the phone will not trust the page, and the fix is never to make
+/// it trust that CA (it also signs device certificates, and a trusted root could
+/// intercept all of the phone's TLS).
+fn server_trust_note(host: &str) -> String {
+    format!(
+        "{host} serves a certificate from this installation's own CA, which the phone does \
+         not trust: it will warn before showing the page. Do not install the Portcullis CA \
+         as a trusted root on the phone (it also signs device certificates). Give the route a \
+         publicly trusted certificate instead (serverCertificate.secretName: a Let's Encrypt \
+         certificate, e.g. from cert-manager or your DNS add-on; see the README)."
+    )
 }
 
 /// `https://host[:port]`, the port left out when it is 443.
@@ -296,5 +371,35 @@ mod tests {
             "https://ha.example.com:8443"
         );
         assert_eq!(url_for("::1", 8443), "https://[::1]:8443");
+    }
+
+    #[test]
+    fn a_route_minted_by_the_installation_ca_gets_the_server_trust_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.yaml");
+        std::fs::write(
+            &config,
+            "apiVersion: portcullis.dev/v1alpha1\nkind: ProtectedRoute\nmetadata: {name: ha}\n\
+             spec: {hosts: [ha.example.com], upstream: {url: 'http://127.0.0.1:8123'}}\n---\n\
+             apiVersion: portcullis.dev/v1alpha1\nkind: ClientIdentity\nmetadata: {name: phone}\n\
+             spec: {}\n",
+        )
+        .unwrap();
+        let found = route_host(&config, "phone").unwrap();
+        assert_eq!(found.route.as_deref(), Some("ha"));
+        assert_eq!(found.host.as_deref(), Some("ha.example.com"));
+        let note = found
+            .server_trust_note
+            .expect("a note for serverCertificate.issue");
+        assert!(
+            note.starts_with("ha.example.com serves a certificate from this installation's own CA")
+                && note.contains("Do not install the Portcullis CA"),
+            "{note}"
+        );
+        assert_eq!(
+            host_of("https://HA.example.com:8443").as_deref(),
+            Some("ha.example.com")
+        );
+        assert_eq!(host_of("https://[::1]:8443").as_deref(), Some("::1"));
     }
 }
