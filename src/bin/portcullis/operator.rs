@@ -1,0 +1,109 @@
+//! `portcullis operator`: the controller and the data plane, fed by watches.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, anyhow};
+use clap::ValueEnum;
+use portcullis::operator;
+use portcullis::telemetry::init_logging;
+use tokio_util::sync::CancellationToken;
+
+use crate::serve::{DRAIN, ProxyArgs, bind, bind_gate, wait_for_signal};
+
+#[derive(clap::Args)]
+pub(crate) struct Operator {
+    /// Which part to run: the controller (writes certificates; leader-elected), the data
+    /// plane (proxy), or both.
+    #[arg(long, value_enum, env = "PORTCULLIS_ROLE", default_value = "all")]
+    role: Role,
+    /// The operator's namespace, holding the CA, cookie-key and CRL Secrets and the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis")]
+    namespace: String,
+    /// Name of the CA Secret; name an existing kubernetes.io/tls Secret to bring your own CA.
+    #[arg(long, env = "PORTCULLIS_CA_SECRET", default_value = "portcullis-ca")]
+    ca_secret: String,
+    /// This replica's name as leader-election holder. Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Address of the TLS listener (proxy role).
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    #[command(flatten)]
+    proxy: ProxyArgs,
+    /// Log as JSON lines.
+    #[arg(long, env = "PORTCULLIS_LOG_JSON", value_parser = clap::builder::FalseyValueParser::new())]
+    log_json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Controller,
+    Proxy,
+    All,
+}
+
+pub(crate) fn run(args: Operator) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    crate::runtime()?.block_on(run_operator(args))
+}
+
+async fn run_operator(args: Operator) -> anyhow::Result<()> {
+    let role = match args.role {
+        Role::Controller => operator::Role::Controller,
+        Role::Proxy => operator::Role::Proxy,
+        Role::All => operator::Role::All,
+    };
+    let listener = match role {
+        operator::Role::Controller => None,
+        _ => Some(bind_gate(args.listen)?),
+    };
+    let admin = bind(args.admin_listen, "--admin-listen").await?;
+    let client = kube::Client::try_default().await.context(
+        "connecting to Kubernetes (no in-cluster service account and no usable kubeconfig; \
+         set KUBECONFIG)",
+    )?;
+    let pod_name = match args.pod_name {
+        Some(name) => name,
+        None => hostname(),
+    };
+    let opts = operator::Options {
+        role,
+        namespace: args.namespace,
+        ca_secret: args.ca_secret,
+        pod_name,
+        listener,
+        admin,
+        seen_flush: args.proxy.seen_flush,
+        settings: args.proxy.settings(),
+    };
+    tracing::info!(namespace = %opts.namespace, replica = %opts.pod_name, "portcullis operator starting");
+    let shutdown = CancellationToken::new();
+    let mut run = tokio::spawn(operator::run(client, opts, shutdown.clone()));
+    let finished = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            match tokio::time::timeout(DRAIN, &mut run).await {
+                Ok(finished) => finished,
+                Err(_) => return Ok(()),
+            }
+        }
+        finished = &mut run => finished,
+    };
+    finished
+        .map_err(|e| anyhow!("operator task failed: {e}"))?
+        .map_err(anyhow::Error::from)
+}
+
+/// The kernel's host name (a pod's name in Kubernetes).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("portcullis-{}", std::process::id()))
+}

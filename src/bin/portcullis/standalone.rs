@@ -1,0 +1,138 @@
+//! `portcullis standalone`: the gate from one YAML file and a state directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use portcullis::proxy;
+use portcullis::sources;
+use portcullis::state::StateDir;
+use portcullis::telemetry::{Metrics, init_logging};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::serve::{DRAIN, ProxyArgs, bind, bind_gate, wait_for_signal};
+
+#[derive(clap::Args)]
+pub(crate) struct Standalone {
+    /// The config file (watched; changes apply within a second).
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: PathBuf,
+    /// Where the CA, certificates and device files are kept.
+    #[arg(
+        long,
+        env = "PORTCULLIS_STATE_DIR",
+        default_value = "./portcullis-state"
+    )]
+    state_dir: PathBuf,
+    /// Address of the TLS listener.
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    admin_listen: SocketAddr,
+    #[command(flatten)]
+    proxy: ProxyArgs,
+    /// Log as JSON lines.
+    #[arg(long, env = "PORTCULLIS_LOG_JSON", value_parser = clap::builder::FalseyValueParser::new())]
+    log_json: bool,
+}
+
+pub(crate) fn run(args: Standalone) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    crate::runtime()?.block_on(run_standalone(args))
+}
+
+async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
+    let listener = bind_gate(args.listen)?;
+    let admin = bind(args.admin_listen, "--admin-listen").await?;
+    let listen = listener.local_addr().unwrap_or(args.listen);
+
+    let state = StateDir::new(&args.state_dir);
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let (config, st, m) = (args.config.clone(), state.clone(), metrics.clone());
+    let loaded = tokio::task::spawn_blocking(move || sources::file::load_initial(&config, &st, &m))
+        .await
+        .context("initial load")?
+        .map_err(|e| match e {
+            portcullis::Error::Config(list) if list.contains('\n') => {
+                anyhow!("the configuration has problems:\n{list}")
+            }
+            e => anyhow!(e),
+        })?;
+    if loaded.created_ca {
+        print!("{}", sources::instructions(&loaded.config, &state, listen));
+    }
+    tracing::info!(
+        %listen,
+        admin = %admin.local_addr().unwrap_or(args.admin_listen),
+        routes = loaded.snapshot.routes().len(),
+        identities = loaded.snapshot.live_count(),
+        state_dir = %state.root().display(),
+        "portcullis standalone serving"
+    );
+
+    let (tx, rx) = tokio::sync::watch::channel(Some(loaded.snapshot));
+    let shutdown = CancellationToken::new();
+    let seen_flush = args.proxy.seen_flush;
+    let mut settings = args.proxy.settings();
+    let sightings = settings.sightings.clone();
+    let store = portcullis::enroll::FileStore::new(state.enrollments_dir());
+    settings.enrollments = Some(Arc::new(portcullis::enroll::Enrollments::new(Arc::new(
+        store,
+    ))));
+    let tasks = [
+        tokio::spawn(proxy::serve(
+            listener,
+            rx.clone(),
+            settings,
+            metrics.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(proxy::serve_admin(
+            admin,
+            proxy::snapshot_loaded(rx),
+            Arc::new(registry),
+            Some(sightings.clone()),
+            shutdown.clone(),
+        )),
+        tokio::spawn(proxy::seen::keep_seen_files(
+            sightings,
+            state.clone(),
+            seen_flush,
+            shutdown.clone(),
+        )),
+        tokio::spawn(sources::file::run(
+            args.config,
+            state,
+            tx,
+            metrics,
+            shutdown.clone(),
+        )),
+    ];
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let drained = tokio::time::timeout(DRAIN, futures_join(tasks)).await;
+    if drained.is_err() {
+        tracing::warn!(
+            "connections still open after {}s; closing them",
+            DRAIN.as_secs()
+        );
+    }
+    Ok(())
+}
+
+async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 4]) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
