@@ -18,30 +18,7 @@ const HOST: &str = "ha.test";
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn config(upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"apiVersion: portcullis.dev/v1alpha1
-kind: ProtectedRoute
-metadata:
-  name: home-assistant
-spec:
-  hosts: [{HOST}]
-  upstream:
-    url: http://{upstream}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: alice
-spec: {{}}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: bob
-spec:
-  revoked: true
-"#
-    )
+    standalone::config_yaml(HOST, upstream, &[("alice", ""), ("bob", "revoked: true")])
 }
 
 struct Install {

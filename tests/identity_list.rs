@@ -17,29 +17,7 @@ const HOST: &str = "ha.test";
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn config(upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"apiVersion: portcullis.dev/v1alpha1
-kind: ProtectedRoute
-metadata:
-  name: home-assistant
-spec:
-  hosts: [{HOST}]
-  upstream:
-    url: http://{upstream}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: alice
-spec: {{}}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: bob
-spec: {{}}
-"#
-    )
+    standalone::config_yaml(HOST, upstream, &[("alice", ""), ("bob", "")])
 }
 
 /// `portcullis standalone` on loopback ports, writing seen.json every `flush`.

@@ -15,30 +15,8 @@ use standalone::{StandaloneProcess, free_port};
 const HOST: &str = "ha.test";
 
 fn config(upstream: std::net::SocketAddr, alice_revoked: bool, extra: &str) -> String {
-    format!(
-        r#"apiVersion: portcullis.dev/v1alpha1
-kind: ProtectedRoute
-metadata:
-  name: home-assistant
-spec:
-  hosts: [{HOST}]
-  upstream:
-    url: http://{upstream}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: alice
-spec:
-  revoked: {alice_revoked}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: bob
-spec: {{}}
-{extra}"#
-    )
+    let alice = format!("revoked: {alice_revoked}");
+    standalone::config_yaml(HOST, upstream, &[("alice", &alice), ("bob", "")]) + extra
 }
 
 /// Writes like an editor: a new file renamed over the old one.

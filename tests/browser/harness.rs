@@ -119,17 +119,11 @@ pub struct StandaloneGate {
 
 impl StandaloneGate {
     pub fn start(upstream: SocketAddr, identities: &[&str]) -> StandaloneGate {
-        let mut yaml = format!(
-            "apiVersion: portcullis.dev/v1alpha1\nkind: ProtectedRoute\nmetadata:\n  \
-             name: home-assistant\nspec:\n  hosts: [{HOST}]\n  upstream:\n    \
-             url: http://{upstream}\n"
-        );
-        for name in identities {
-            yaml += &format!(
-                "---\napiVersion: portcullis.dev/v1alpha1\nkind: ClientIdentity\nmetadata:\n  \
-                 name: {name}\nspec:\n  pkcs12:\n    profile: Legacy\n"
-            );
-        }
+        let specs: Vec<(&str, &str)> = identities
+            .iter()
+            .map(|name| (*name, "pkcs12:\n  profile: Legacy"))
+            .collect();
+        let yaml = standalone::config_yaml(HOST, upstream, &specs);
         Self::with_config(&yaml)
     }
 

@@ -14,6 +14,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -56,6 +57,32 @@ pub fn admin_get(admin: u16, path: &str) -> Option<(u16, String)> {
     let status = answer.get(9..12)?.parse().ok()?;
     let body = answer.split_once("\r\n\r\n")?.1.to_owned();
     Some((status, body))
+}
+
+/// A config file: the ProtectedRoute `home-assistant` serving `host` from `upstream`, then
+/// one ClientIdentity per `(name, spec)`, where `spec` is the YAML under `spec:` (e.g.
+/// `"revoked: true"`; `""` writes `spec: {}`).
+pub fn config_yaml(host: &str, upstream: SocketAddr, identities: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: ProtectedRoute\nmetadata:\n  \
+         name: home-assistant\nspec:\n  hosts: [{host}]\n  upstream:\n    \
+         url: http://{upstream}\n"
+    );
+    for (name, spec) in identities {
+        yaml += &format!(
+            "---\napiVersion: portcullis.dev/v1alpha1\nkind: ClientIdentity\nmetadata:\n  \
+             name: {name}\n"
+        );
+        if spec.is_empty() {
+            yaml += "spec: {}\n";
+        } else {
+            yaml += "spec:\n";
+            for line in spec.lines() {
+                yaml += &format!("  {line}\n");
+            }
+        }
+    }
+    yaml
 }
 
 /// How to start a [`StandaloneProcess`]: [`StandaloneProcess::builder`].
