@@ -17,8 +17,6 @@ use common::{Echo, TlsClient, Upstream, get, head};
 use harness::{HOST, StandaloneGate, Step};
 use http::StatusCode;
 use http::header::USER_AGENT;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
 const CLAIM_COOKIE: &str = "__Secure-portcullis-enroll";
@@ -70,16 +68,7 @@ fn openssl_opens(p12: &Path, password: &str) -> bool {
 
 /// A client with no certificate and no cookies that trusts the gate's CA: a link preview.
 fn previewer(gate: &StandaloneGate) -> TlsClient {
-    let ca = std::fs::read(gate.ca()).expect("the gate's CA");
-    TlsClient {
-        addr: ([127, 0, 0, 1], gate.port).into(),
-        roots: vec![CertificateDer::from_pem_slice(&ca).expect("CA PEM")],
-        cert: None,
-        sni: HOST.into(),
-        alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        tls12_only: false,
-        resuming: None,
-    }
+    TlsClient::standalone(gate.port, &gate.state, None).alpn(&[b"h2", b"http/1.1"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

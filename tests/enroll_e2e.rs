@@ -3,52 +3,22 @@
 //! `openssl`, and exactly one winner when two gate processes share the state directory.
 
 mod common;
+#[path = "common/standalone.rs"]
+mod standalone;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::{TlsClient, Upstream, get, post};
 use http::StatusCode;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use standalone::StandaloneProcess;
 
 const HOST: &str = "ha.test";
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn config(upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"apiVersion: portcullis.dev/v1alpha1
-kind: ProtectedRoute
-metadata:
-  name: home-assistant
-spec:
-  hosts: [{HOST}]
-  upstream:
-    url: http://{upstream}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: alice
-spec: {{}}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: bob
-spec:
-  revoked: true
-"#
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    standalone::config_yaml(HOST, upstream, &[("alice", ""), ("bob", "revoked: true")])
 }
 
 struct Install {
@@ -73,32 +43,11 @@ impl Install {
     }
 
     /// `portcullis standalone` on a fresh port; its log goes to `log`.
-    fn start(&self, log: &str) -> Gate {
-        let (port, admin) = (free_port(), free_port());
-        let log = self.dir.path().join(log);
-        let child = Command::new(BIN)
-            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .arg("--config")
-            .arg(&self.file)
-            .arg("--state-dir")
-            .arg(&self.state)
+    fn start(&self, log: &str) -> StandaloneProcess {
+        StandaloneProcess::builder(&self.file, &self.state)
             .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start portcullis standalone");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready(admin) {
-            assert!(Instant::now() < deadline, "the gate did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Gate {
-            child,
-            port,
-            state: self.state.clone(),
-            log,
-        }
+            .log_file(self.dir.path().join(log))
+            .start()
     }
 
     /// `portcullis enroll NAME` with `args`, against a gate listening on `port`.
@@ -157,50 +106,9 @@ impl Printed {
     }
 }
 
-struct Gate {
-    child: Child,
-    port: u16,
-    state: PathBuf,
-    log: PathBuf,
-}
-
-impl Gate {
-    /// A device without a certificate, trusting the gate's CA.
-    fn device(&self) -> TlsClient {
-        let ca = std::fs::read(self.state.join("ca/tls.crt")).unwrap();
-        TlsClient {
-            addr: ([127, 0, 0, 1], self.port).into(),
-            roots: vec![CertificateDer::from_pem_slice(&ca).unwrap()],
-            cert: None,
-            sni: HOST.into(),
-            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            tls12_only: false,
-            resuming: None,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ready(admin: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
-        return false;
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut answer = String::new();
-    tcp.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
-        && tcp.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.0 200")
+/// A device without a certificate, trusting the gate's CA.
+fn new_device(gate: &StandaloneProcess) -> TlsClient {
+    TlsClient::standalone(gate.port(), gate.state(), None).alpn(&[b"h2", b"http/1.1"])
 }
 
 fn openssl_opens(p12: &Path, password: &str) -> bool {
@@ -228,11 +136,11 @@ async fn a_printed_link_enrolls_a_device_once() {
     let install = Install::new().await;
     let gate = install.start("gate.log");
     let png = install.dir.path().join("link.png");
-    let link = install.link("alice", gate.port, &["--qr-png", png.to_str().unwrap()]);
+    let link = install.link("alice", gate.port(), &["--qr-png", png.to_str().unwrap()]);
     assert!(
         link.url.starts_with(&format!(
             "https://{HOST}:{}/.well-known/portcullis/enroll/",
-            gate.port
+            gate.port()
         )),
         "{}",
         link.url
@@ -259,7 +167,7 @@ async fn a_printed_link_enrolls_a_device_once() {
         );
     }
 
-    let device = gate.device();
+    let device = new_device(&gate);
     // A link preview first: nothing is used up.
     assert_eq!(
         device.get(link.path()).await.unwrap().status,
@@ -283,19 +191,19 @@ async fn a_printed_link_enrolls_a_device_once() {
     assert!(!openssl_opens(&file, &long_lived));
 
     // A second device with the same link: the generic page.
-    let late = gate.device().send(post(link.path(), "")).await.unwrap();
+    let late = new_device(&gate).send(post(link.path(), "")).await.unwrap();
     assert_eq!(late.status, StatusCode::NOT_FOUND);
 
     // A new link cancels the previous one.
-    let first = install.link("alice", gate.port, &[]);
-    let second = install.link("alice", gate.port, &[]);
+    let first = install.link("alice", gate.port(), &[]);
+    let second = install.link("alice", gate.port(), &[]);
     let old = device.send(post(first.path(), "")).await.unwrap();
     assert_eq!(old.status, StatusCode::NOT_FOUND);
     let new = device.send(post(second.path(), "")).await.unwrap();
     assert_eq!(new.status, StatusCode::SEE_OTHER);
 
     // An expired link.
-    let short = install.link("alice", gate.port, &["--ttl", "1s"]);
+    let short = install.link("alice", gate.port(), &["--ttl", "1s"]);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let expired = device.send(post(short.path(), "")).await.unwrap();
     assert_eq!(expired.status, StatusCode::NOT_FOUND);
@@ -320,7 +228,7 @@ async fn enroll_refuses_with_a_reason() {
         ("alice", &["--url", "http://ha.test"], "https://HOST[:PORT]"),
     ];
     for (name, args, says) in cases {
-        let out = install.enroll(name, gate.port, args);
+        let out = install.enroll(name, gate.port(), args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name} {args:?}");
         assert!(stderr.contains(says), "{name} {args:?}: {stderr}");
@@ -344,10 +252,14 @@ async fn two_gates_on_one_state_dir_let_one_claim_win() {
     // Every loser counts against 127.0.0.1's failed-claim budget (10 per gate): two rounds
     // of eight stay below it.
     for round in 0..2 {
-        let link = install.link("alice", a.port, &[]);
+        let link = install.link("alice", a.port(), &[]);
         let claims: Vec<_> = (0..8)
             .map(|i| {
-                let device = if i % 2 == 0 { a.device() } else { b.device() };
+                let device = if i % 2 == 0 {
+                    new_device(&a)
+                } else {
+                    new_device(&b)
+                };
                 let path = link.path().to_owned();
                 tokio::spawn(async move { device.send(post(&path, "")).await.map(|r| r.status) })
             })

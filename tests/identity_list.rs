@@ -3,130 +3,55 @@
 //! and the list shows LAST SEEN, STATE and CONNECTIONS (or says it cannot reach the gate).
 
 mod common;
+#[path = "common/standalone.rs"]
+mod standalone;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{TlsClient, Upstream};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use standalone::{StandaloneProcess, free_port};
 
 const HOST: &str = "ha.test";
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn config(upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"apiVersion: portcullis.dev/v1alpha1
-kind: ProtectedRoute
-metadata:
-  name: home-assistant
-spec:
-  hosts: [{HOST}]
-  upstream:
-    url: http://{upstream}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: alice
-spec: {{}}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: bob
-spec: {{}}
-"#
-    )
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    standalone::config_yaml(HOST, upstream, &[("alice", ""), ("bob", "")])
 }
 
 /// `portcullis standalone` on loopback ports, writing seen.json every `flush`.
-struct Gate {
-    child: Child,
-    port: u16,
-    admin: u16,
-    state: PathBuf,
-}
+struct Gate(StandaloneProcess);
 
 impl Gate {
     fn start(config: &Path, state: &Path, flush: &str) -> Gate {
-        let (port, admin) = (free_port(), free_port());
-        let child = Command::new(BIN)
-            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--seen-flush", flush])
-            .arg("--config")
-            .arg(config)
-            .arg("--state-dir")
-            .arg(state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start portcullis standalone");
-        let gate = Gate {
-            child,
-            port,
-            admin,
-            state: state.to_owned(),
-        };
-        wait_for("the gate to become ready", || {
-            admin_get(admin, "/readyz").is_some_and(|(status, _)| status == 200)
-        });
-        gate
+        Gate(
+            StandaloneProcess::builder(config, state)
+                .args(["--seen-flush", flush])
+                .start(),
+        )
     }
 
     fn client(&self, identity: &str) -> TlsClient {
-        let ca = std::fs::read(self.state.join("ca/tls.crt")).unwrap();
-        let dir = self.state.join("identities").join(identity);
-        let cert = CertificateDer::from_pem_file(dir.join("tls.crt")).unwrap();
-        let key = PrivatePkcs8KeyDer::from_pem_file(dir.join("tls.key")).unwrap();
-        TlsClient {
-            addr: ([127, 0, 0, 1], self.port).into(),
-            roots: vec![CertificateDer::from_pem_slice(&ca).unwrap()],
-            cert: Some((cert.to_vec(), key.secret_pkcs8_der().to_vec())),
-            sni: HOST.into(),
-            alpn: vec![b"http/1.1".to_vec()],
-            tls12_only: false,
-            resuming: None,
-        }
+        TlsClient::standalone(self.0.port(), self.0.state(), Some(identity))
     }
 
     fn identities(&self) -> serde_json::Value {
-        let (status, body) = admin_get(self.admin, "/identities").expect("admin answers");
+        let (status, body) = self.0.admin_get("/identities").expect("admin answers");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).expect("JSON")
     }
 
     fn list(&self) -> (String, String) {
-        list(&self.state, &format!("http://127.0.0.1:{}", self.admin))
+        list(
+            self.0.state(),
+            &format!("http://127.0.0.1:{}", self.0.admin()),
+        )
     }
 
     /// SIGTERM, as `docker stop` sends it; waits for the exit.
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the gate did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn terminate(self) {
+        self.0.terminate();
     }
 }
 
@@ -153,19 +78,6 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .collect()
-}
-
-/// A plain HTTP/1.0 GET on the admin port: (status, body).
-fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(tcp, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).ok()?;
-    let status = answer.get(9..12)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

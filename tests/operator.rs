@@ -1238,19 +1238,9 @@ async fn restarting_the_operator_mints_nothing_new() {
     let (op_ns, ns, host) = ("restart-system", "restart-home", "restart.ha.test");
     ensure_namespace(&admin, op_ns).await.unwrap();
     ensure_namespace(&admin, ns).await.unwrap();
-    let log = tmp("operator-restart.log");
-    let _ = std::fs::remove_file(&log);
-    let start = |pod: &str, role: &str| {
-        OperatorProcess::spawn(OperatorArgs {
-            kubeconfig: &env.kubeconfig,
-            namespace: op_ns,
-            pod_name: pod,
-            role,
-            log: &log,
-        })
-    };
+    let operators = Operators::new(&env.kubeconfig, op_ns, tmp("operator-restart.log"));
     let upstream = Upstream::start().await;
-    let mut op = start("operator-a", "all");
+    let mut op = operators.start("operator-a", "all");
     wait_data_plane(op.admin, T).await;
     let phone = minted(&admin, ns, "phone", json!({})).await;
     minted(
@@ -1272,7 +1262,7 @@ async fn restarting_the_operator_mints_nothing_new() {
         "SIGTERM exit: {exit:?}\n{}",
         op.log_tail(30)
     );
-    let mut op = start("operator-b", "all");
+    let mut op = operators.start("operator-b", "all");
     wait_data_plane(op.admin, T).await;
     settled(&admin, op_ns, "operator-b", op.admin).await;
     assert_eq!(
@@ -1284,7 +1274,7 @@ async fn restarting_the_operator_mints_nothing_new() {
 
     // 2. A crash (SIGKILL) and the same pod coming back: it still holds the Lease.
     op.kill().await;
-    let mut op = start("operator-b", "all");
+    let mut op = operators.start("operator-b", "all");
     wait_data_plane(op.admin, T).await;
     settled(&admin, op_ns, "operator-b", op.admin).await;
     assert_eq!(
@@ -1297,8 +1287,8 @@ async fn restarting_the_operator_mints_nothing_new() {
     assert!(exit.success(), "{exit:?}");
 
     // 3. Split roles: a controller and a separate data plane, same state.
-    let mut controller = start("controller-c", "controller");
-    let mut proxy = start("proxy-c", "proxy");
+    let mut controller = operators.start("controller-c", "controller");
+    let mut proxy = operators.start("proxy-c", "proxy");
     wait_data_plane(proxy.admin, T).await;
     settled(&admin, op_ns, "controller-c", controller.admin).await;
     assert_eq!(minted_state(&admin, op_ns, ns).await, before, "split roles");
@@ -1465,15 +1455,8 @@ async fn an_api_server_outage_leaves_the_data_plane_serving() {
     for n in [op_ns, ns] {
         ensure_namespace(&admin, n).await.unwrap();
     }
-    let log = tmp("operator-outage.log");
-    let _ = std::fs::remove_file(&log);
-    let op = OperatorProcess::spawn(OperatorArgs {
-        kubeconfig: &env.kubeconfig,
-        namespace: op_ns,
-        pod_name: "outage",
-        role: "all",
-        log: &log,
-    });
+    let op =
+        Operators::new(&env.kubeconfig, op_ns, tmp("operator-outage.log")).start("outage", "all");
     wait_data_plane(op.admin, T).await;
     let upstream = Upstream::start().await;
     let phone = minted(&admin, ns, "phone", json!({})).await;
@@ -1572,15 +1555,8 @@ async fn operator_benchmark() {
     for n in [op_ns, ns, bulk_ns] {
         ensure_namespace(&admin, n).await.unwrap();
     }
-    let log = tmp("operator-bench.log");
-    let _ = std::fs::remove_file(&log);
-    let op = OperatorProcess::spawn(OperatorArgs {
-        kubeconfig: &env.kubeconfig,
-        namespace: op_ns,
-        pod_name: "bench",
-        role: "all",
-        log: &log,
-    });
+    let op =
+        Operators::new(&env.kubeconfig, op_ns, tmp("operator-bench.log")).start("bench", "all");
     wait_data_plane(op.admin, T).await;
     let rss_start = op.status_kb("VmRSS");
     let identities = ids(&admin, ns);
@@ -1809,20 +1785,10 @@ async fn renewal_keeps_the_old_certificate_and_the_ledger_outranks_every_secret(
     let (op_ns, ns, host) = ("ledger-system", "ledger-home", "ledger.ha.test");
     ensure_namespace(&admin, op_ns).await.unwrap();
     ensure_namespace(&admin, ns).await.unwrap();
-    let log = tmp("operator-ledger.log");
-    let _ = std::fs::remove_file(&log);
-    let start = |pod: &str, role: &str| {
-        OperatorProcess::spawn(OperatorArgs {
-            kubeconfig: &env.kubeconfig,
-            namespace: op_ns,
-            pod_name: pod,
-            role,
-            log: &log,
-        })
-    };
+    let operators = Operators::new(&env.kubeconfig, op_ns, tmp("operator-ledger.log"));
     let upstream = Upstream::start().await;
-    let mut controller = start("ledger-controller", "controller");
-    let mut proxy = start("ledger-proxy", "proxy");
+    let mut controller = operators.start("ledger-controller", "controller");
+    let mut proxy = operators.start("ledger-proxy", "proxy");
     wait_data_plane(proxy.admin, T).await;
     let v1 = minted(&admin, ns, "phone", json!({})).await;
     served(&admin, ns, "ha", host, upstream.addr).await;
@@ -1954,7 +1920,7 @@ async fn renewal_keeps_the_old_certificate_and_the_ledger_outranks_every_secret(
     );
 
     // 6. The controller back: a fresh certificate; the revoked serials stay out.
-    let mut controller = start("ledger-controller-2", "controller");
+    let mut controller = operators.start("ledger-controller-2", "controller");
     let ci = eventually("a fresh certificate", T, async || {
         let ci = ids(&admin, ns)
             .get("phone")

@@ -1,5 +1,8 @@
 //! The `portcullis` binary as a user runs it: exit codes and the messages they read.
 
+#[path = "common/standalone.rs"]
+mod standalone;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,22 +25,6 @@ fn portcullis(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn standalone(config: &Path, state: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "standalone",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--config")
-    .arg(config)
-    .arg("--state-dir")
-    .arg(state);
-    cmd
 }
 
 /// Stdout lines until one starts with `until` (or the process ends / 60 s pass).
@@ -69,7 +56,7 @@ fn read_until(child: &mut Child, until: &str) -> Vec<String> {
 /// Starts the gate on the example once (creating the CA and the device files in `state`),
 /// stops it with SIGTERM, and returns what it printed.
 fn first_start(state: &Path) -> Vec<String> {
-    let mut child = standalone(&example(), state)
+    let mut child = standalone::command(&example(), state, 0, 0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -140,7 +127,7 @@ fn standalone_refuses_a_broken_config_and_touches_nothing() {
     )
     .unwrap();
     let state = dir.path().join("state");
-    let out = standalone(&file, &state).output().unwrap();
+    let out = standalone::command(&file, &state, 0, 0).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("error: "), "{err}");
@@ -160,7 +147,9 @@ fn standalone_with_an_unusable_state_dir_says_so() {
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, "").unwrap();
     let state = blocker.join("state");
-    let out = standalone(&example(), &state).output().unwrap();
+    let out = standalone::command(&example(), &state, 0, 0)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     let first = err

@@ -2,50 +2,21 @@
 //! upstream, real TLS clients; edits to the file apply without a restart.
 
 mod common;
+#[path = "common/standalone.rs"]
+mod standalone;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Outcome, TlsClient, Upstream, ws_next, ws_roundtrip};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use standalone::{StandaloneProcess, free_port};
 
 const HOST: &str = "ha.test";
 
 fn config(upstream: std::net::SocketAddr, alice_revoked: bool, extra: &str) -> String {
-    format!(
-        r#"apiVersion: portcullis.dev/v1alpha1
-kind: ProtectedRoute
-metadata:
-  name: home-assistant
-spec:
-  hosts: [{HOST}]
-  upstream:
-    url: http://{upstream}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: alice
-spec:
-  revoked: {alice_revoked}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: bob
-spec: {{}}
-{extra}"#
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let alice = format!("revoked: {alice_revoked}");
+    standalone::config_yaml(HOST, upstream, &[("alice", &alice), ("bob", "")]) + extra
 }
 
 /// Writes like an editor: a new file renamed over the old one.
@@ -85,89 +56,14 @@ impl Install {
         );
     }
 
-    fn start(&self) -> Gate {
-        Gate::start(&self.file, &self.state)
+    fn start(&self) -> StandaloneProcess {
+        StandaloneProcess::start(&self.file, &self.state)
     }
 }
 
-/// `portcullis standalone` on the given loopback ports.
-fn standalone(config: &Path, state: &Path, port: u16, admin: u16) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .arg("--config")
-        .arg(config)
-        .arg("--state-dir")
-        .arg(state);
-    cmd
-}
-
-struct Gate {
-    child: Child,
-    port: u16,
-    state: PathBuf,
-}
-
-impl Gate {
-    fn start(config: &Path, state: &Path) -> Gate {
-        let (port, admin) = (free_port(), free_port());
-        let child = standalone(config, state, port, admin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start portcullis standalone");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready(admin) {
-            assert!(Instant::now() < deadline, "the gate did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Gate {
-            child,
-            port,
-            state: state.to_owned(),
-        }
-    }
-
-    fn client(&self, identity: Option<&str>) -> TlsClient {
-        let ca = std::fs::read(self.state.join("ca/tls.crt")).unwrap();
-        let cert = identity.map(|name| {
-            let dir = self.state.join("identities").join(name);
-            let cert = CertificateDer::from_pem_file(dir.join("tls.crt")).unwrap();
-            let key =
-                rustls::pki_types::PrivatePkcs8KeyDer::from_pem_file(dir.join("tls.key")).unwrap();
-            (cert.to_vec(), key.secret_pkcs8_der().to_vec())
-        });
-        TlsClient {
-            addr: ([127, 0, 0, 1], self.port).into(),
-            roots: vec![CertificateDer::from_pem_slice(&ca).unwrap()],
-            cert,
-            sni: HOST.into(),
-            alpn: vec![b"http/1.1".to_vec()],
-            tls12_only: false,
-            resuming: None,
-        }
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `/readyz` on the admin port answers 200 (the listeners are bound before the first
-/// load, so a connectable port alone proves nothing).
-fn ready(admin: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
-        return false;
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut answer = String::new();
-    tcp.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
-        && tcp.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.0 200")
+/// A TLS client of `gate`, presenting `identity`'s device certificate if one is given.
+fn client(gate: &StandaloneProcess, identity: Option<&str>) -> TlsClient {
+    TlsClient::standalone(gate.port(), gate.state(), identity)
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -179,9 +75,9 @@ async fn editing_the_file_revokes_at_once_and_bad_edits_keep_serving() {
     let install = Install::new().await;
     let gate = install.start();
 
-    let (alice, bob) = (gate.client(Some("alice")), gate.client(Some("bob")));
+    let (alice, bob) = (client(&gate, Some("alice")), client(&gate, Some("bob")));
     assert_eq!(alice.get("/").await.unwrap().status, 200);
-    assert_eq!(gate.client(None).get("/").await.unwrap().status, 403);
+    assert_eq!(client(&gate, None).get("/").await.unwrap().status, 403);
     let (mut alice_ws, _) = alice
         .websocket("/api/websocket", None)
         .await
@@ -236,7 +132,7 @@ async fn restart_keeps_the_ca_and_every_device_certificate() {
 
     let gate = install.start();
     let before: Vec<Vec<u8>> = files.iter().map(|f| read(&install.state.join(f))).collect();
-    let alice = gate.client(Some("alice"));
+    let alice = client(&gate, Some("alice"));
     let cookie = alice
         .get("/")
         .await
@@ -255,11 +151,10 @@ async fn restart_keeps_the_ca_and_every_device_certificate() {
     }
     // The same device files still work, and so does a cookie from before the restart.
     assert_eq!(
-        gate.client(Some("alice")).get("/").await.unwrap().status,
+        client(&gate, Some("alice")).get("/").await.unwrap().status,
         200
     );
-    let (mut ws, _) = gate
-        .client(None)
+    let (mut ws, _) = client(&gate, None)
         .websocket("/api/websocket", Some(&cookie))
         .await
         .expect("a cookie from before the restart opens the WebSocket");
@@ -275,7 +170,7 @@ async fn a_second_gate_on_the_same_port_is_refused() {
     let gate = install.start();
 
     let other_state = install.dir.path().join("other-state");
-    let mut second = standalone(&install.file, &other_state, gate.port, free_port())
+    let mut second = standalone::command(&install.file, &other_state, gate.port(), free_port())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -299,7 +194,7 @@ async fn a_second_gate_on_the_same_port_is_refused() {
         "{stderr}"
     );
     // Every new connection still reaches the first gate.
-    let alice = gate.client(Some("alice"));
+    let alice = client(&gate, Some("alice"));
     for _ in 0..8 {
         assert_eq!(alice.get("/").await.unwrap().status, 200);
     }
@@ -322,7 +217,7 @@ async fn an_idle_gate_does_not_keep_rereading_its_files() {
     let install = Install::new().await;
     let gate = install.start();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = gate.child.id();
+    let pid = gate.pid();
     let before = read_syscalls(pid);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let reads = read_syscalls(pid) - before;
@@ -330,7 +225,7 @@ async fn an_idle_gate_does_not_keep_rereading_its_files() {
     // And an edit is still noticed.
     install.save(true, "");
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !gate.client(Some("alice")).probe().await.is_refused() {
+    while !client(&gate, Some("alice")).probe().await.is_refused() {
         assert!(Instant::now() < deadline, "the revoke was not applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -340,7 +235,7 @@ async fn an_idle_gate_does_not_keep_rereading_its_files() {
 async fn a_renewal_keeps_the_old_certificate_admitted_and_a_revoke_takes_both() {
     let install = Install::new().await;
     let gate = install.start();
-    let old = gate.client(Some("alice"));
+    let old = client(&gate, Some("alice"));
     assert_eq!(old.get("/").await.unwrap().status, 200);
     let (mut old_ws, _) = old
         .websocket("/api/websocket", None)
@@ -363,7 +258,7 @@ async fn a_renewal_keeps_the_old_certificate_admitted_and_a_revoke_takes_both() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let new = gate.client(Some("alice"));
+    let new = client(&gate, Some("alice"));
     assert_eq!(new.get("/").await.unwrap().status, 200, "new certificate");
     assert_eq!(
         old.get("/").await.unwrap().status,

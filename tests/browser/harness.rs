@@ -29,15 +29,19 @@
 //! Chromium cannot show. A missing piece fails the test, naming it.
 #![allow(dead_code)]
 
+#[path = "../common/standalone.rs"]
+mod standalone;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+use standalone::StandaloneProcess;
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where Chromium on Linux reads machine-wide (managed) policies.
@@ -105,27 +109,21 @@ fn command(program: &str, args: &[&str]) -> String {
 /// ClientIdentity per name (Legacy .p12 profile). Killed on drop; when the test is failing,
 /// its log is printed.
 pub struct StandaloneGate {
-    child: Child,
+    /// Dropped first: killed (its log printed) while `dir` still holds the log.
+    process: StandaloneProcess,
     pub port: u16,
     pub config: PathBuf,
     pub state: PathBuf,
-    log: PathBuf,
     dir: tempfile::TempDir,
 }
 
 impl StandaloneGate {
     pub fn start(upstream: SocketAddr, identities: &[&str]) -> StandaloneGate {
-        let mut yaml = format!(
-            "apiVersion: portcullis.dev/v1alpha1\nkind: ProtectedRoute\nmetadata:\n  \
-             name: home-assistant\nspec:\n  hosts: [{HOST}]\n  upstream:\n    \
-             url: http://{upstream}\n"
-        );
-        for name in identities {
-            yaml += &format!(
-                "---\napiVersion: portcullis.dev/v1alpha1\nkind: ClientIdentity\nmetadata:\n  \
-                 name: {name}\nspec:\n  pkcs12:\n    profile: Legacy\n"
-            );
-        }
+        let specs: Vec<(&str, &str)> = identities
+            .iter()
+            .map(|name| (*name, "pkcs12:\n  profile: Legacy"))
+            .collect();
+        let yaml = standalone::config_yaml(HOST, upstream, &specs);
         Self::with_config(&yaml)
     }
 
@@ -134,43 +132,17 @@ impl StandaloneGate {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("portcullis.yaml");
         let state = dir.path().join("state");
-        let log = dir.path().join("gate.log");
         std::fs::write(&config, yaml).expect("write the config");
-        let (port, admin) = (free_port(), free_port());
-        let out = std::fs::File::create(&log).expect("gate log");
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(&state)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out)
-            .spawn()
-            .expect("start portcullis standalone");
-        let mut gate = StandaloneGate {
-            child,
-            port,
+        let process = StandaloneProcess::builder(&config, &state)
+            .log_file(dir.path().join("gate.log"))
+            .start();
+        StandaloneGate {
+            port: process.port(),
+            process,
             config,
             state,
-            log,
             dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready(admin) {
-            if let Ok(Some(status)) = gate.child.try_wait() {
-                panic!("the gate exited ({status}): {}", gate.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gate did not become ready: {}",
-                gate.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        gate
     }
 
     /// `https://ha.test:PORT`
@@ -213,7 +185,7 @@ impl StandaloneGate {
 
     /// What the gate has printed so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// The temp dir holding the config, the state dir and the log.
@@ -281,36 +253,6 @@ impl EnrollmentLink {
     pub fn token(&self) -> &str {
         self.path().rsplit('/').next().expect("a token")
     }
-}
-
-impl Drop for StandaloneGate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("── portcullis standalone log ──\n{}", self.log());
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// `/readyz` on the admin port answers 200.
-fn ready(admin: u16) -> bool {
-    use std::io::Read;
-    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
-        return false;
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut answer = String::new();
-    tcp.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
-        && tcp.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.0 200")
 }
 
 // ───────────────────────────── Browser ─────────────────────────────

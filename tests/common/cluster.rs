@@ -637,6 +637,36 @@ pub struct OperatorArgs<'a> {
     pub log: &'a Path,
 }
 
+/// Starts the [`OperatorProcess`]es of one test: one `--namespace`, one log file that they
+/// all append to (removed here first, so it holds this run only).
+pub struct Operators<'a> {
+    kubeconfig: &'a Path,
+    namespace: &'a str,
+    log: PathBuf,
+}
+
+impl<'a> Operators<'a> {
+    pub fn new(kubeconfig: &'a Path, namespace: &'a str, log: PathBuf) -> Self {
+        let _ = std::fs::remove_file(&log);
+        Operators {
+            kubeconfig,
+            namespace,
+            log,
+        }
+    }
+
+    /// `--pod-name pod_name --role role`.
+    pub fn start(&self, pod_name: &str, role: &str) -> OperatorProcess {
+        OperatorProcess::spawn(OperatorArgs {
+            kubeconfig: self.kubeconfig,
+            namespace: self.namespace,
+            pod_name,
+            role,
+            log: &self.log,
+        })
+    }
+}
+
 /// The operator binary the tests run.
 pub fn operator_binary() -> PathBuf {
     std::env::var_os("PORTCULLIS_BIN")

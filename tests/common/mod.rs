@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -792,6 +793,34 @@ enum Sender {
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
 impl TlsClient {
+    /// A client of a `portcullis standalone` gate on 127.0.0.1:`port` whose state dir is
+    /// `state`: trusts its CA (`ca/tls.crt`), SNI [`HOST`], ALPN http/1.1, and presents the
+    /// device certificate of `identity` (`identities/NAME/tls.crt`, `tls.key`) if one is
+    /// given.
+    pub fn standalone(port: u16, state: &Path, identity: Option<&str>) -> TlsClient {
+        use rustls::pki_types::pem::PemObject;
+        let pem = |path: PathBuf| {
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let ca = pem(state.join("ca/tls.crt"));
+        let cert = identity.map(|name| {
+            let dir = state.join("identities").join(name);
+            let cert = CertificateDer::from_pem_slice(&pem(dir.join("tls.crt"))).expect("tls.crt");
+            let key =
+                PrivatePkcs8KeyDer::from_pem_slice(&pem(dir.join("tls.key"))).expect("tls.key");
+            (cert.to_vec(), key.secret_pkcs8_der().to_vec())
+        });
+        TlsClient {
+            addr: ([127, 0, 0, 1], port).into(),
+            roots: vec![CertificateDer::from_pem_slice(&ca).expect("the CA's PEM")],
+            cert,
+            sni: HOST.into(),
+            alpn: vec![b"http/1.1".to_vec()],
+            tls12_only: false,
+            resuming: None,
+        }
+    }
+
     /// Present this client certificate.
     pub fn cert(mut self, cert: &IssuedCert) -> Self {
         self.cert = Some((cert.cert_der.clone(), cert.key_der.clone()));
