@@ -73,14 +73,34 @@ pub fn load(config: &Path, state: &StateDir, generation: u64) -> Result<Loaded> 
 
 /// The first load, before serving. Any problem is returned (config problems one per line)
 /// so the process can exit with it; nothing is served from a bad config.
-pub fn load_initial(config: &Path, state: &StateDir, metrics: &Metrics) -> Result<Loaded> {
+pub fn load_initial(config: &Path, state: &StateDir, metrics: &Metrics) -> Result<Initial> {
     // Check the config before touching the disk, so a typo never creates a state dir.
-    load_config(config)?;
+    let parsed = load_config(config)?;
     prepare_state_dir(state.root())?;
+    // The one watched file the load may create: made first, so it does not count as an edit.
+    state.load_or_create_cookie_keys()?;
+    // The files' contents *before* the load: [`run`] compares against them, so an edit
+    // saved while the gate starts (after this read, before its watch) is still applied.
+    let config_path = std::path::absolute(config).unwrap_or_else(|_| config.to_owned());
+    let mut files = Files::new(&config_path, state);
+    files.track(Some(&parsed), None::<&mut notify::RecommendedWatcher>);
+    files.changed();
     let loaded = load(config, state, 1)?;
     record(metrics, &loaded);
-    Ok(loaded)
+    Ok(Initial {
+        loaded,
+        files: Watched(files),
+    })
 }
+
+/// The first load and what [`run`] watches from there.
+pub struct Initial {
+    pub loaded: Loaded,
+    pub files: Watched,
+}
+
+/// The files a load read, as they were before it (opaque; hand it to [`run`]).
+pub struct Watched(Files);
 
 /// Creates the state directory (mode 0700) and proves it writable, so a wrong path fails
 /// with one clear message before anything else happens.
@@ -110,6 +130,7 @@ fn prepare_state_dir(root: &Path) -> Result<()> {
 pub async fn run(
     config: PathBuf,
     state: StateDir,
+    Watched(mut files): Watched,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -126,10 +147,10 @@ pub async fn run(
     let mut watcher = watcher
         .inspect_err(|e| tracing::warn!("cannot watch files ({e}); polling every {POLL:?}"))
         .ok();
-    let mut files = Files::new(&config, &state);
-    files.track(load_config(&config).ok().as_ref(), watcher.as_mut());
-    files.changed();
-    let mut poll = interval_at(Instant::now() + POLL, POLL);
+    // Watch from now on; anything that changed since the initial load read the files is
+    // applied at once (the first tick below), not at the next edit.
+    files.track(None, watcher.as_mut());
+    let mut poll = interval_at(Instant::now(), POLL);
     let mut renew = interval_at(Instant::now() + RENEW_CHECK, RENEW_CHECK);
     let reloader = Reloader {
         config,

@@ -59,15 +59,17 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     metrics.register(&mut registry);
 
     let (config, st, m) = (args.config.clone(), state.clone(), metrics.clone());
-    let loaded = tokio::task::spawn_blocking(move || sources::file::load_initial(&config, &st, &m))
-        .await
-        .context("initial load")?
-        .map_err(|e| match e {
-            portcullis::Error::Config(list) if list.contains('\n') => {
-                anyhow!("the configuration has problems:\n{list}")
-            }
-            e => anyhow!(e),
-        })?;
+    let initial =
+        tokio::task::spawn_blocking(move || sources::file::load_initial(&config, &st, &m))
+            .await
+            .context("initial load")?
+            .map_err(|e| match e {
+                portcullis::Error::Config(list) if list.contains('\n') => {
+                    anyhow!("the configuration has problems:\n{list}")
+                }
+                e => anyhow!(e),
+            })?;
+    let (loaded, watched) = (initial.loaded, initial.files);
     if loaded.created_ca {
         print!("{}", sources::instructions(&loaded.config, &state, listen));
     }
@@ -113,6 +115,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
         tokio::spawn(sources::file::run(
             args.config,
             state,
+            watched,
             tx,
             metrics,
             shutdown.clone(),

@@ -39,13 +39,14 @@ async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
     std::fs::write(&config, CONFIG).unwrap();
     let state = StateDir::new(dir.path().join("state"));
     let metrics = Arc::new(Metrics::default());
-    let loaded = load_initial(&config, &state, &metrics).unwrap();
-    assert_eq!(loaded.snapshot.live_count(), 1);
-    let (tx, mut rx) = watch::channel(Some(loaded.snapshot));
+    let initial = load_initial(&config, &state, &metrics).unwrap();
+    assert_eq!(initial.loaded.snapshot.live_count(), 1);
+    let (tx, mut rx) = watch::channel(Some(initial.loaded.snapshot));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(
         config.clone(),
         state.clone(),
+        initial.files,
         tx,
         metrics.clone(),
         shutdown.clone(),
@@ -85,6 +86,61 @@ async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
     assert_eq!(metrics.config_reloads.get_or_create(&rejected).get(), 2);
     assert!(!state.ca_cert_path().exists());
 
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// An edit saved while the gate starts — after the initial load read the file, before the
+/// watch began — is applied as soon as the watch begins, without waiting for another edit
+/// (it used to be lost: the watch took the edited file as its starting point).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_saved_during_start_up_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("standalone.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let state = StateDir::new(dir.path().join("state"));
+    let metrics = Arc::new(Metrics::default());
+    let initial = load_initial(&config, &state, &metrics).unwrap();
+    assert_eq!(initial.loaded.snapshot.live_count(), 1);
+
+    std::fs::write(&config, CONFIG.replace("revoked: false", "revoked: true")).unwrap();
+    let (tx, mut rx) = watch::channel(Some(initial.loaded.snapshot));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(
+        config.clone(),
+        state.clone(),
+        initial.files,
+        tx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let snap = next(&mut rx).await;
+    assert_eq!((snap.generation, snap.live_count()), (2, 0));
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// A first start (which creates the cookie keys) is no edit: nothing is reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_reloads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("standalone.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let state = StateDir::new(dir.path().join("state"));
+    let metrics = Arc::new(Metrics::default());
+    let initial = load_initial(&config, &state, &metrics).unwrap();
+    let (tx, mut rx) = watch::channel(Some(initial.loaded.snapshot));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(
+        config.clone(),
+        state.clone(),
+        initial.files,
+        tx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let reloaded = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+    assert!(reloaded.is_err(), "a reload without an edit");
     shutdown.cancel();
     task.await.unwrap();
 }
