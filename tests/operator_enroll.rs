@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use http::StatusCode;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -410,18 +409,8 @@ async fn two_proxy_replicas_let_exactly_one_claim_win() {
 
 /// Waits for the `Enrolled` Event on ClientIdentity `name`.
 async fn enrolled_event(admin: &Client, ns: &str, name: &str) {
-    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
     eventually("an Enrolled Event", T, async || {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let reasons: Vec<String> = list
-            .items
-            .iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason.clone())
-            .collect();
+        let reasons = event_reasons(admin, ns, name).await?;
         reasons
             .iter()
             .any(|r| r == "Enrolled")

@@ -999,18 +999,8 @@ pub async fn scenario(
     wait_condition(&ids, name, "Revoked", "True", t).await;
 
     // Events (events.k8s.io) for what a user should notice.
-    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
     let event_reasons = eventually("an Issued Event", t, async || {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let reasons: Vec<String> = list
-            .items
-            .iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason.clone())
-            .collect();
+        let reasons = event_reasons(&admin, ns, name).await?;
         reasons
             .iter()
             .any(|r| r == "Issued")
@@ -1038,4 +1028,19 @@ pub async fn scenario(
         event_reasons,
         controller_failures,
     })
+}
+
+/// The reasons of the Events (events.k8s.io) about object `name` in `ns`.
+pub async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Result<Vec<String>, String> {
+    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
+    let list = events
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason.clone())
+        .collect())
 }

@@ -32,8 +32,19 @@ async fn next(rx: &mut Rx) -> Arc<Snapshot> {
     rx.borrow_and_update().clone().expect("a snapshot")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
+/// A gate's file source over [`CONFIG`]: loaded once (`load_initial`), then `before_watch`
+/// runs (an edit saved while the gate starts), then `run` watches.
+struct Watching {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    state: StateDir,
+    metrics: Arc<Metrics>,
+    rx: Rx,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn watching(before_watch: impl FnOnce(&Path)) -> Watching {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("standalone.yaml");
     std::fs::write(&config, CONFIG).unwrap();
@@ -41,7 +52,8 @@ async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
     let metrics = Arc::new(Metrics::default());
     let initial = load_initial(&config, &state, &metrics).unwrap();
     assert_eq!(initial.loaded.snapshot.live_count(), 1);
-    let (tx, mut rx) = watch::channel(Some(initial.loaded.snapshot));
+    before_watch(&config);
+    let (tx, rx) = watch::channel(Some(initial.loaded.snapshot));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(
         config.clone(),
@@ -51,12 +63,34 @@ async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
         metrics.clone(),
         shutdown.clone(),
     ));
+    Watching {
+        _dir: dir,
+        config,
+        state,
+        metrics,
+        rx,
+        shutdown,
+        task,
+    }
+}
+
+impl Watching {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
+    let mut w = watching(|_| {}).await;
+    let (config, state, metrics, rx) = (w.config.clone(), w.state.clone(), &w.metrics, &mut w.rx);
     // Let the watcher start before the first edit.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Revoke in place.
     std::fs::write(&config, CONFIG.replace("revoked: false", "revoked: true")).unwrap();
-    let snap = next(&mut rx).await;
+    let snap = next(rx).await;
     assert_eq!((snap.generation, snap.live_count()), (2, 0));
 
     // A typo is rejected: no new snapshot, counted as rejected.
@@ -67,15 +101,15 @@ async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
     assert_eq!(metrics.config_reloads.get_or_create(&rejected).get(), 1);
 
     // Fixed by an editor-style replace (write elsewhere, rename over).
-    let tmp = dir.path().join(".standalone.yaml.swp");
+    let tmp = config.with_file_name(".standalone.yaml.swp");
     std::fs::write(&tmp, CONFIG).unwrap();
     std::fs::rename(&tmp, &config).unwrap();
-    let snap = next(&mut rx).await;
+    let snap = next(rx).await;
     assert_eq!((snap.generation, snap.live_count()), (3, 1));
 
     // A cookie key rotation is a reload too.
     let keys = state.rotate_cookie_keys().unwrap();
-    let snap = next(&mut rx).await;
+    let snap = next(rx).await;
     assert_eq!(snap.cookie_keys(), keys.as_slice());
 
     // A CA that vanishes under the running gate is never silently replaced.
@@ -85,9 +119,7 @@ async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
     assert!(!rx.has_changed().unwrap());
     assert_eq!(metrics.config_reloads.get_or_create(&rejected).get(), 2);
     assert!(!state.ca_cert_path().exists());
-
-    shutdown.cancel();
-    task.await.unwrap();
+    w.stop().await;
 }
 
 /// An edit saved while the gate starts — after the initial load read the file, before the
@@ -95,52 +127,20 @@ async fn edits_reload_and_bad_edits_keep_the_last_good_snapshot() {
 /// (it used to be lost: the watch took the edited file as its starting point).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_saved_during_start_up_is_not_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("standalone.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let state = StateDir::new(dir.path().join("state"));
-    let metrics = Arc::new(Metrics::default());
-    let initial = load_initial(&config, &state, &metrics).unwrap();
-    assert_eq!(initial.loaded.snapshot.live_count(), 1);
-
-    std::fs::write(&config, CONFIG.replace("revoked: false", "revoked: true")).unwrap();
-    let (tx, mut rx) = watch::channel(Some(initial.loaded.snapshot));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run(
-        config.clone(),
-        state.clone(),
-        initial.files,
-        tx,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    let snap = next(&mut rx).await;
+    let revoke = |config: &Path| {
+        std::fs::write(config, CONFIG.replace("revoked: false", "revoked: true")).unwrap();
+    };
+    let mut w = watching(revoke).await;
+    let snap = next(&mut w.rx).await;
     assert_eq!((snap.generation, snap.live_count()), (2, 0));
-    shutdown.cancel();
-    task.await.unwrap();
+    w.stop().await;
 }
 
 /// A first start (which creates the cookie keys) is no edit: nothing is reloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_start_reloads_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("standalone.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let state = StateDir::new(dir.path().join("state"));
-    let metrics = Arc::new(Metrics::default());
-    let initial = load_initial(&config, &state, &metrics).unwrap();
-    let (tx, mut rx) = watch::channel(Some(initial.loaded.snapshot));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run(
-        config.clone(),
-        state.clone(),
-        initial.files,
-        tx,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    let reloaded = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+    let mut w = watching(|_| {}).await;
+    let reloaded = tokio::time::timeout(Duration::from_secs(2), w.rx.changed()).await;
     assert!(reloaded.is_err(), "a reload without an edit");
-    shutdown.cancel();
-    task.await.unwrap();
+    w.stop().await;
 }
