@@ -9,7 +9,7 @@
 //! The ledger is only ever added to; one that does not parse is never overwritten.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Patch;
@@ -23,11 +23,9 @@ use super::names::{
     CRL_SIGNED_AT_ANNOTATION,
 };
 use super::{Error, Result};
-use crate::pki::{Ca, RevokedSerial, canonical_serial, parse_ledger_json};
-use crate::sources::reconcile::CRL_VALIDITY;
-
-/// `crl.pem` is re-signed when older than this, long before its `nextUpdate`.
-pub const CRL_REFRESH: Duration = Duration::from_secs(24 * 3600);
+use crate::pki::{
+    CRL_REFRESH, CRL_VALIDITY, Ca, RevokedSerial, canonical_serial, parse_ledger_json,
+};
 
 /// What to write to the CRL Secret.
 #[derive(Debug, PartialEq)]

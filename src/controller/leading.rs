@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ca::{CaState, bootstrap, ensure_cookie_keys};
 use super::context::{Context, Metrics, backoff};
-use super::crl::CRL_REFRESH;
 use super::names::managed_selector;
 use super::{Config, Error, identity, route};
+use crate::pki::CRL_REFRESH;
 use crate::resources::{ClientIdentity, ProtectedRoute};
 
 /// Reconciles running at once per controller: minting RSA keys is CPU-heavy.

@@ -25,7 +25,9 @@ mod identity;
 mod identity_plan;
 mod identity_status;
 mod leading;
-pub mod names;
+/// Names of what the controller writes (they live with the resources: the data plane reads
+/// the same objects).
+pub use crate::resources::names;
 mod route;
 mod route_plan;
 #[cfg(test)]

@@ -66,6 +66,12 @@ impl Ca {
     }
 }
 
+/// `nextUpdate` of a published CRL.
+pub const CRL_VALIDITY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// A CRL is re-signed when older than this, so it never reaches `nextUpdate` while the
+/// gate or the controller runs.
+pub const CRL_REFRESH: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Parses a serial written as hex, as printed by Portcullis or OpenSSL: case-insensitive,
 /// `:` separators and a `0x` prefix allowed. Returns the big-endian magnitude.
 pub fn parse_serial_hex(text: &str) -> Result<Vec<u8>> {

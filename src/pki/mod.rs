@@ -29,7 +29,9 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::{Error, Result};
 
 pub use ca::Ca;
-pub use crl::{RevokedSerial, canonical_serial, parse_ledger_json, parse_serial_hex};
+pub use crl::{
+    CRL_REFRESH, CRL_VALIDITY, RevokedSerial, canonical_serial, parse_ledger_json, parse_serial_hex,
+};
 pub use mobileconfig::{MOBILECONFIG_CONTENT_TYPE, MobileConfig, mobileconfig};
 pub use pkcs12::{MIN_PASSWORD_LEN, export_pkcs12, generate_password};
 

@@ -7,6 +7,7 @@
 
 mod client_identity;
 mod enrollment;
+pub mod names;
 mod protected_route;
 mod time;
 pub mod validate;

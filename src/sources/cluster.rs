@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::live::{Held, live_certs};
 use super::routes::resolve;
-use crate::controller::names;
 use crate::pki::previous::{PREVIOUS_CRT, parse_previous};
 use crate::pki::{canonical_serial, parse_ledger_json};
+use crate::resources::names;
 use crate::resources::{ClientIdentity, ProtectedRoute};
 use crate::snapshot::{RouteSource, Snapshot, SnapshotParts};
 use crate::telemetry::{FailureLabels, Metrics};

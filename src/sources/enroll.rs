@@ -11,10 +11,10 @@ use ring::rand::SystemRandom;
 use super::config::load_config;
 use super::devices::{live_credentials, route_for};
 use super::name_of;
-use crate::controller::names;
 use crate::enroll::{Created, FileStore, NewEnrollment, prepare};
 use crate::pki::{self, IssuedCert};
 use crate::resources::ClientIdentity;
+use crate::resources::names;
 use crate::state::StateDir;
 use crate::{Error, Result};
 

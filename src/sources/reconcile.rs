@@ -17,7 +17,7 @@ use rustls::pki_types::CertificateDer;
 use super::config::Config;
 use super::name_of;
 use crate::pki::previous::parse_previous;
-use crate::pki::{Ca, RevokedSerial};
+use crate::pki::{CRL_REFRESH, CRL_VALIDITY, Ca, RevokedSerial};
 use crate::snapshot::SnapshotParts;
 use crate::state::StateDir;
 use crate::{Error, Result};
@@ -26,11 +26,6 @@ use crate::{Error, Result};
 pub const SERVER_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// A server certificate is renewed when it has less than this left.
 pub const SERVER_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// `nextUpdate` of the published CRL.
-pub const CRL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The CRL is re-signed when older than this, so it never reaches `nextUpdate` while the
-/// gate runs.
-const CRL_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// A certificate in use and when it expires (for the expiry metric).
 #[derive(Clone, Debug, PartialEq)]

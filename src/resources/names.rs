@@ -1,5 +1,5 @@
-//! Names of everything the controller writes: shared with the data-plane watcher, which
-//! reads the same Secrets.
+//! Names of everything the controller writes: a contract with the data plane, which reads
+//! the same Secrets, and with the CLI, which reads device Secrets and creates Enrollments.
 
 /// Field manager of every server-side apply the controller makes.
 pub const FIELD_MANAGER: &str = "portcullis";
