@@ -32,7 +32,7 @@ image: static
 	@test -n "$(IMAGE_ARCH)" || { echo "$(MUSL_TARGET) is not in the Dockerfile's image-arch table" >&2; exit 1; }
 	mkdir -p dist/$(IMAGE_ARCH)
 	cp $(TARGET_DIR)/$(MUSL_TARGET)/release/portcullis dist/$(IMAGE_ARCH)/portcullis
-	$(CONTAINER) build -t $(IMAGE):$(VERSION) .
+	$(CONTAINER) build --platform linux/$(subst armv7,arm/v7,$(IMAGE_ARCH)) -t $(IMAGE):$(VERSION) .
 
 image-save: image
 	$(CONTAINER) save -o portcullis-image-$(VERSION).tar $(IMAGE):$(VERSION)
