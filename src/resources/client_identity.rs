@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
     category = "portcullis",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Revoked","type":"boolean","jsonPath":".spec.revoked"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.notAfter"}"#,
+    // A string, as cert-manager does: kubectl renders a future `date` as `<invalid>`.
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.notAfter"}"#,
     printcolumn = r#"{"name":"Serial","type":"string","priority":1,"jsonPath":".status.serialNumber"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

@@ -43,3 +43,40 @@ pub fn crd_yaml() -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    fn crds() -> Vec<serde_json::Value> {
+        [
+            ProtectedRoute::crd(),
+            ClientIdentity::crd(),
+            Enrollment::crd(),
+        ]
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect()
+    }
+
+    /// kubectl renders a future time in a `date` column as `<invalid>`: only past times
+    /// (the creation timestamp) may be dates; expiries are strings, as in cert-manager.
+    #[test]
+    fn date_columns_are_past_times_only() {
+        for crd in crds() {
+            for column in crd["spec"]["versions"][0]["additionalPrinterColumns"]
+                .as_array()
+                .unwrap()
+            {
+                if column["type"] == "date" {
+                    assert_eq!(
+                        column["jsonPath"], ".metadata.creationTimestamp",
+                        "{column}"
+                    );
+                }
+            }
+        }
+    }
+}
