@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "ClientIdentity",
     namespaced,
+    doc = "One device (a phone, a laptop, a tablet) allowed through the Portcullis gate: the \
+           operator issues its client certificate and keeps it renewed, and writes the .p12 \
+           file to the Secret named in status.secretName. Set spec.revoked to lock it out.",
     status = "ClientIdentityStatus",
     shortname = "cid",
     category = "portcullis",

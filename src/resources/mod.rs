@@ -79,4 +79,19 @@ mod tests {
             }
         }
     }
+
+    /// `kubectl explain protectedroute` prints the top-level description: a real one, not
+    /// the derive macro's boilerplate.
+    #[test]
+    fn every_kind_has_a_real_description() {
+        for crd in crds() {
+            let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            let text = schema["description"].as_str().unwrap_or_default();
+            assert!(
+                text.len() > 60 && !text.contains("Auto-generated"),
+                "{}: {text:?}",
+                crd["metadata"]["name"]
+            );
+        }
+    }
 }

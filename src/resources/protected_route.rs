@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "ProtectedRoute",
     namespaced,
+    doc = "A host (or several) the Portcullis gate serves over mutual TLS: which devices \
+           (ClientIdentities) are let in, and the upstream (e.g. Home Assistant) admitted \
+           requests go to. Problems are reported in status.conditions (Ready).",
     status = "ProtectedRouteStatus",
     shortname = "proute",
     category = "portcullis",
