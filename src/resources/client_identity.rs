@@ -25,15 +25,19 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClientIdentitySpec {
-    /// Certificate subject common name. Default: the resource name.
+    /// Certificate subject common name, at most 64 characters. Default: the resource name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::schema::common_name)]
     pub common_name: Option<String>,
-    /// Certificate lifetime, e.g. `365d`. Default `365d`.
+    /// Certificate lifetime, at least 1h, e.g. `365d`. Default `365d`. Durations are whole
+    /// numbers with a unit `d`, `h`, `m` or `s`, e.g. `90d`, `1h30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::schema::duration)]
     pub validity: Option<String>,
     /// Re-issue this long before expiry, e.g. `30d`. Default: a third of the validity,
     /// at most 30 days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::schema::duration)]
     pub renew_before: Option<String>,
     /// Key type: `ECDSA-P256` (default) or RSA for old devices.
     #[serde(default)]

@@ -8,6 +8,7 @@
 mod client_identity;
 mod enrollment;
 mod protected_route;
+pub mod schema;
 mod time;
 pub mod validate;
 
