@@ -201,3 +201,57 @@ async fn invalid_objects_are_refused_at_apply_time() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `kubectl KUBECTL_ARGS -f FILE`; `Ok(stdout)` or `Err(stderr)`.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// Helm creates `crds/` on first install (an ordinary create, manager `helm`) and never
+/// upgrades them. Applying a changed CRD server-side then conflicts with Helm's fields;
+/// the documented command (helm/portcullis/README.md, "Upgrades, CRDs") takes them over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_upgrade_over_helm_needs_force_conflicts() {
+    let env = envtest::Envtest::start_with(&["--controllers=none"]);
+    let kc = env.kubeconfig.clone();
+    let dir = tempfile::tempdir().unwrap();
+    // An older chart's CRDs: the same, with another limit.
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/portcullis/crds");
+    let current = std::fs::read_to_string(crds.join("portcullis.yaml")).unwrap();
+    let old = dir.path().join("old.yaml");
+    std::fs::write(&old, current.replace("maxLength: 64", "maxLength: 60")).unwrap();
+    let old = old.to_str().unwrap();
+    let crds = crds.to_str().unwrap();
+    kubectl(&kc, &["create", "--field-manager=helm", "-f", old]).unwrap();
+
+    let err = kubectl(&kc, &["apply", "--server-side", "-f", crds]).unwrap_err();
+    assert!(err.contains("conflict"), "{err}");
+    kubectl(
+        &kc,
+        &["apply", "--server-side", "--force-conflicts", "-f", crds],
+    )
+    .unwrap();
+    let explained = kubectl(
+        &kc,
+        &[
+            "get",
+            "crd",
+            "clientidentities.portcullis.dev",
+            "-o",
+            "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.commonName.maxLength}",
+        ],
+    )
+    .unwrap();
+    assert_eq!(explained, "64");
+}
