@@ -910,9 +910,10 @@ async fn the_controller_reports_what_the_schema_cannot_catch() {
     let identity_cases: [(&str, serde_json::Value, &str, &[&str]); 3] = [
         (
             "bad-validity",
-            json!({"validity": "forever"}),
+            // Well-formed (the API server accepts it) but too short.
+            json!({"validity": "10m"}),
             "InvalidSpec",
-            &["spec.validity", "forever"],
+            &["spec.validity", "at least 1h"],
         ),
         (
             "renew-too-late",
@@ -1394,7 +1395,7 @@ async fn one_unreadable_device_certificate_does_not_freeze_the_data_plane() {
 
     // A user breaks one identity: an unusable spec (so the controller leaves its Secret
     // alone) and a certificate that is PEM but not X.509.
-    patch_spec(&ids(&admin, ns), "broken", json!({"validity": "forever"}))
+    patch_spec(&ids(&admin, ns), "broken", json!({"validity": "10m"}))
         .await
         .unwrap();
     wait_condition(&ids(&admin, ns), "broken", "Ready", "False", T).await;

@@ -10,26 +10,34 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "ClientIdentity",
     namespaced,
+    doc = "One device (a phone, a laptop, a tablet) allowed through the Portcullis gate: the \
+           operator issues its client certificate and keeps it renewed, and writes the .p12 \
+           file to the Secret named in status.secretName. Set spec.revoked to lock it out.",
     status = "ClientIdentityStatus",
     shortname = "cid",
     category = "portcullis",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Revoked","type":"boolean","jsonPath":".spec.revoked"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.notAfter"}"#,
+    // A string, as cert-manager does: kubectl renders a future `date` as `<invalid>`.
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.notAfter"}"#,
     printcolumn = r#"{"name":"Serial","type":"string","priority":1,"jsonPath":".status.serialNumber"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClientIdentitySpec {
-    /// Certificate subject common name. Default: the resource name.
+    /// Certificate subject common name, at most 64 characters. Default: the resource name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::schema::common_name)]
     pub common_name: Option<String>,
-    /// Certificate lifetime, e.g. `365d`. Default `365d`.
+    /// Certificate lifetime, at least 1h, e.g. `365d`. Default `365d`. Durations are whole
+    /// numbers with a unit `d`, `h`, `m` or `s`, e.g. `90d`, `1h30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::schema::duration)]
     pub validity: Option<String>,
     /// Re-issue this long before expiry, e.g. `30d`. Default: a third of the validity,
     /// at most 30 days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::schema::duration)]
     pub renew_before: Option<String>,
     /// Key type: `ECDSA-P256` (default) or RSA for old devices.
     #[serde(default)]

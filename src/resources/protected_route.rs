@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "ProtectedRoute",
     namespaced,
+    doc = "A host (or several) the Portcullis gate serves over mutual TLS: which devices \
+           (ClientIdentities) are let in, and the upstream (e.g. Home Assistant) admitted \
+           requests go to. Problems are reported in status.conditions (Ready).",
     status = "ProtectedRouteStatus",
     shortname = "proute",
     category = "portcullis",
@@ -20,8 +23,9 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProtectedRouteSpec {
-    /// SNI / Host names this route serves, e.g. `ha.example.org`.
-    #[schemars(length(min = 1))]
+    /// SNI / Host names this route serves, e.g. `ha.example.org`: DNS names or IP
+    /// addresses, no port or wildcard.
+    #[schemars(length(min = 1), transform = super::schema::hosts)]
     pub hosts: Vec<String>,
     /// Where admitted requests go.
     pub upstream: Upstream,
@@ -38,9 +42,11 @@ pub struct ProtectedRouteSpec {
     pub bypass: Vec<BypassRule>,
 }
 
-/// The upstream service: a Kubernetes Service (operator) or a URL (standalone).
+/// The upstream service: a Kubernetes Service (operator) or a URL (standalone); exactly
+/// one of the two.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = super::schema::upstream)]
 pub struct Upstream {
     /// A Service in the route's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,9 +66,11 @@ pub struct ServiceRef {
     pub port: u16,
 }
 
-/// Where the server certificate comes from: exactly one of `issue` or `secretName`.
+/// Where the server certificate comes from: `issue` or `secretName`, not both (neither
+/// means `issue`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = super::schema::server_certificate)]
 pub struct ServerCertificate {
     /// Mint it with the Portcullis CA and renew it before expiry (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,8 +113,10 @@ pub struct CookieFallback {
     /// Whether certificate-authenticated requests earn a cookie. Default true.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// How long a cookie stays valid, e.g. `1h`, `30m`. Default `1h`.
+    /// How long a cookie stays valid, e.g. `1h`, `30m`, between 1m and 7d. Default `1h`.
+    /// Durations are whole numbers with a unit `d`, `h`, `m` or `s`, e.g. `1h30m`.
     #[serde(default = "default_cookie_ttl")]
+    #[schemars(transform = super::schema::duration)]
     pub ttl: String,
     /// Cookie name; must start with `__Host-`. Default `__Host-portcullis`.
     #[serde(default = "default_cookie_name")]

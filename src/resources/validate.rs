@@ -10,7 +10,10 @@ use std::time::Duration;
 
 mod syntax;
 
-pub use syntax::{is_dns_label, is_valid_host, parse_duration, upstream_authority};
+pub use syntax::{
+    DURATION_MAX_LEN, DURATION_PATTERN, is_dns_label, is_valid_host, parse_duration,
+    upstream_authority,
+};
 use syntax::{is_standard_method, is_tchar};
 
 use super::{BypassRule, ClientIdentitySpec, CookieFallback, ProtectedRouteSpec, Upstream};

@@ -5,11 +5,55 @@ use std::time::Duration;
 
 use http::uri::{Authority, Uri};
 
-/// Parses a human duration such as `1h`, `30m`, `365d`.
+/// The duration grammar, as the CRDs' CEL rule checks it: one or more whole numbers of
+/// 1-9 digits, each followed by a unit `d`, `h`, `m` or `s`, summed (`1h30m`, `365d`). No
+/// spaces, signs, fractions or other units. Go's `time.ParseDuration` (CEL's `duration()`)
+/// has no `d`, humantime has no limits: this is the part both a person and the API server
+/// read the same way, and [`parse_duration`] accepts exactly it.
+pub const DURATION_PATTERN: &str = "^([0-9]{1,9}[dhms])+$";
+/// Longest duration string (the CRDs' `maxLength`).
+pub const DURATION_MAX_LEN: usize = 32;
+
+/// Parses a duration in the grammar of [`DURATION_PATTERN`], e.g. `1h`, `30m`, `365d`,
+/// `1h30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|_| {
-        format!("{text:?} is not a duration; write a number and a unit, e.g. 30m, 1h, 30d")
-    })
+    let not_a_duration = || {
+        format!(
+            "{text:?} is not a duration; write whole numbers with a unit d, h, m or s, \
+             e.g. 30m, 1h, 365d or 1h30m"
+        )
+    };
+    if text.len() > DURATION_MAX_LEN {
+        return Err(format!(
+            "{text:?} is longer than {DURATION_MAX_LEN} characters; write e.g. 365d"
+        ));
+    }
+    let mut rest = text.as_bytes();
+    let mut secs: u64 = 0;
+    if rest.is_empty() {
+        return Err(not_a_duration());
+    }
+    while !rest.is_empty() {
+        let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=9).contains(&digits) {
+            return Err(not_a_duration());
+        }
+        // At most 9 digits, at most 16 parts: no overflow.
+        let n: u64 = std::str::from_utf8(&rest[..digits])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(not_a_duration)?;
+        let unit = match rest.get(digits) {
+            Some(b'd') => 86_400,
+            Some(b'h') => 3_600,
+            Some(b'm') => 60,
+            Some(b's') => 1,
+            _ => return Err(not_a_duration()),
+        };
+        secs += n * unit;
+        rest = &rest[digits + 1..];
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// The `host:port` of an upstream URL, which must be `http://host:port` (path `/` at most).

@@ -250,7 +250,7 @@ fn identity_durations() {
         identity_timing(&c).unwrap().renew_before,
         Duration::from_secs(10 * 86_400)
     );
-    c.validity = Some("a year".into());
+    c.validity = Some("1y".into());
     one(identity_problems(&c), "spec.validity", "not a duration");
     c.validity = Some("10m".into());
     one(identity_problems(&c), "spec.validity", "at least 1h");
@@ -294,5 +294,20 @@ fn dns_labels_for_names() {
     }
     for bad in ["", "..", "a/b", "Alice", "-a", "a-", "a.b", &"a".repeat(64)] {
         assert!(!is_dns_label(bad), "{bad}");
+    }
+}
+
+include!("duration_cases.rs");
+
+/// The shared table: what the CRDs' CEL rule accepts (tests/crd_validation.rs) the parser
+/// accepts, with these values, and what it refuses the parser refuses.
+#[test]
+fn durations_follow_the_shared_table() {
+    for &(text, secs) in DURATION_CASES {
+        assert_eq!(
+            parse_duration(text).ok().map(|d| d.as_secs()),
+            secs,
+            "{text:?}"
+        );
     }
 }

@@ -55,7 +55,7 @@ fn semantic_problem_in_document_two_names_its_line() {
         found,
         vec![
             "/etc/portcullis/standalone.yaml: document 2 (ClientIdentity/alice), line 16: \
-             spec.validity: \"forever\" is not a duration; write a number and a unit, e.g. 30m, 1h, 30d"
+             spec.validity: \"forever\" is not a duration; write whole numbers with a unit d, h, m or s, e.g. 30m, 1h, 365d or 1h30m"
         ]
     );
 }
