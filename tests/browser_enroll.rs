@@ -10,9 +10,7 @@ mod common;
 #[path = "browser/harness.rs"]
 mod harness;
 
-use std::path::Path;
-use std::process::Command;
-
+use common::enroll::openssl_opens;
 use common::{Echo, TlsClient, Upstream, get, head};
 use harness::{HOST, StandaloneGate, Step};
 use http::StatusCode;
@@ -52,18 +50,6 @@ struct PageState {
 fn page_state(value: &serde_json::Value) -> PageState {
     serde_json::from_value(value.clone())
         .unwrap_or_else(|e| panic!("the page's state ({e}): {value}"))
-}
-
-/// Whether `openssl pkcs12` opens `p12` with `password`.
-fn openssl_opens(p12: &Path, password: &str) -> bool {
-    Command::new("openssl")
-        .args(["pkcs12", "-legacy", "-noout", "-in"])
-        .arg(p12)
-        .args(["-passin", &format!("pass:{password}")])
-        .output()
-        .expect("the openssl CLI (Debian package openssl) must be installed to run this test")
-        .status
-        .success()
 }
 
 /// A client with no certificate and no cookies that trusts the gate's CA: a link preview.

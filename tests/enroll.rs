@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use common::enroll::openssl_opens;
 use common::{
     COOKIE_NAME, Gate, HOST, OTHER_HOST, ReqBody, Resp, TestResult, Upstream, get, live, post,
     route, spec,
@@ -419,17 +420,6 @@ async fn downloads_are_the_wrapped_files() -> R {
         Some(p12.body.as_ref())
     );
     Ok(())
-}
-
-fn openssl_opens(p12: &std::path::Path, password: &str) -> bool {
-    std::process::Command::new("openssl")
-        .args(["pkcs12", "-legacy", "-noout", "-in"])
-        .arg(p12)
-        .args(["-passin", &format!("pass:{password}")])
-        .output()
-        .expect("the openssl CLI must be installed to run these tests")
-        .status
-        .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::enroll::{PrintedLink, openssl_opens};
 use common::{TlsClient, Upstream, get, post};
 use http::StatusCode;
 use standalone::StandaloneProcess;
@@ -63,63 +64,14 @@ impl Install {
             .expect("run portcullis enroll")
     }
 
-    fn link(&self, name: &str, port: u16, args: &[&str]) -> Printed {
-        let out = self.enroll(name, port, args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = stdout
-            .split_whitespace()
-            .find(|w| w.starts_with("https://"))
-            .expect("a URL")
-            .to_owned();
-        let password = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("One-time password: "))
-            .expect("a password")
-            .to_owned();
-        Printed {
-            url,
-            password,
-            stdout,
-        }
-    }
-}
-
-struct Printed {
-    url: String,
-    password: String,
-    stdout: String,
-}
-
-impl Printed {
-    fn path(&self) -> &str {
-        let rest = self.url.strip_prefix("https://").expect("https");
-        &rest[rest.find('/').expect("a path")..]
-    }
-
-    fn token(&self) -> &str {
-        self.path().rsplit('/').next().expect("token")
+    fn link(&self, name: &str, port: u16, args: &[&str]) -> PrintedLink {
+        PrintedLink::from_output(&self.enroll(name, port, args))
     }
 }
 
 /// A device without a certificate, trusting the gate's CA.
 fn new_device(gate: &StandaloneProcess) -> TlsClient {
     TlsClient::standalone(gate.port(), gate.state(), None).alpn(&[b"h2", b"http/1.1"])
-}
-
-fn openssl_opens(p12: &Path, password: &str) -> bool {
-    Command::new("openssl")
-        .args(["pkcs12", "-legacy", "-noout", "-in"])
-        .arg(p12)
-        .args(["-passin", &format!("pass:{password}")])
-        .output()
-        .expect("the openssl CLI must be installed to run these tests")
-        .status
-        .success()
 }
 
 fn claim_cookie(resp: &common::Resp) -> String {
@@ -146,13 +98,13 @@ async fn a_printed_link_enrolls_a_device_once() {
         link.url
     );
     assert!(
-        link.stdout.contains('▀') || link.stdout.contains('▄'),
+        link.printed.contains('▀') || link.printed.contains('▄'),
         "a QR code"
     );
     assert!(
-        link.stdout.contains("works once, until 20"),
+        link.printed.contains("works once, until 20"),
         "{}",
-        link.stdout
+        link.printed
     );
     assert_eq!(link.password.split('-').count(), 5, "{}", link.password);
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));

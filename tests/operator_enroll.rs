@@ -25,9 +25,9 @@ use kube::{Api, Client, ResourceExt};
 use portcullis::controller::names;
 use portcullis::resources::{ClientIdentity, Enrollment, ProtectedRoute};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use cluster::*;
+use common::enroll::{PrintedLink, openssl_opens_bytes};
 use common::{TlsClient, Upstream, get, post};
 use envtest::Envtest;
 
@@ -64,27 +64,6 @@ async fn setup() -> (
     (guard, env, admin)
 }
 
-/// What `portcullis enroll` printed.
-struct Printed {
-    url: String,
-    password: String,
-}
-
-impl Printed {
-    fn path(&self) -> &str {
-        let rest = self.url.strip_prefix("https://").expect("https");
-        &rest[rest.find('/').expect("a path")..]
-    }
-
-    fn token(&self) -> &str {
-        self.path().rsplit('/').next().expect("token")
-    }
-
-    fn token_hash(&self) -> String {
-        hex::encode(Sha256::digest(self.token().as_bytes()))
-    }
-}
-
 /// The real `portcullis enroll NAME --namespace NS ARGS…` with the admin kubeconfig.
 fn enroll(kubeconfig: &Path, ns: &str, name: &str, args: &[&str]) -> Output {
     Command::new(operator_binary())
@@ -97,25 +76,13 @@ fn enroll(kubeconfig: &Path, ns: &str, name: &str, args: &[&str]) -> Output {
         .expect("run portcullis enroll")
 }
 
-fn link(kubeconfig: &Path, ns: &str, name: &str, url: &str) -> Printed {
-    let out = enroll(kubeconfig, ns, name, &["--url", url, "--ttl", "10m"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let url = stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("https://"))
-        .expect("a URL")
-        .to_owned();
-    let password = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("One-time password: "))
-        .expect("a password")
-        .to_owned();
-    Printed { url, password }
+fn link(kubeconfig: &Path, ns: &str, name: &str, url: &str) -> PrintedLink {
+    PrintedLink::from_output(&enroll(
+        kubeconfig,
+        ns,
+        name,
+        &["--url", url, "--ttl", "10m"],
+    ))
 }
 
 async fn enrollments_of(admin: &Client, ns: &str, identity: &str) -> Vec<Enrollment> {
@@ -171,25 +138,6 @@ fn claim_cookie(resp: &common::Resp) -> String {
         .and_then(|rest| rest.split(';').next())
         .expect("a claim cookie")
         .to_owned()
-}
-
-fn openssl_opens(p12: &[u8], password: &str) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("device.p12"), p12).unwrap();
-    let pass = format!("pass:{password}");
-    openssl(
-        dir.path(),
-        &[
-            "pkcs12",
-            "-legacy",
-            "-noout",
-            "-in",
-            "device.p12",
-            "-passin",
-            &pass,
-        ],
-    )
-    .0
 }
 
 /// A certificate-less device at `proxy`, trusting the CA in the identity Secret.
@@ -357,8 +305,8 @@ async fn two_proxy_replicas_let_exactly_one_claim_win() {
         assert_eq!(stranger.status, StatusCode::NOT_FOUND);
     }
     assert_eq!(p12s[0], p12s[1]);
-    assert!(openssl_opens(&p12s[0], &second.password));
-    assert!(!openssl_opens(
+    assert!(openssl_opens_bytes(&p12s[0], &second.password));
+    assert!(!openssl_opens_bytes(
         &p12s[0],
         &text(&secret, names::KEYSTORE_PASSWORD)
     ));
@@ -558,7 +506,7 @@ async fn the_chart_proxy_rules_are_enough_to_serve_a_link() {
         .await
         .unwrap();
     assert_eq!(p12.status, StatusCode::OK);
-    assert!(openssl_opens(&p12.body, &printed.password));
+    assert!(openssl_opens_bytes(&p12.body, &printed.password));
     let stored = enrollments_of(&admin, ns, "tablet").await;
     assert_eq!(
         stored[0]

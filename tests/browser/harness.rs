@@ -207,53 +207,12 @@ impl StandaloneGate {
             .stdin(Stdio::null())
             .output()
             .expect("run portcullis enroll");
-        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "portcullis enroll {identity} failed: {printed}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = printed
-            .split_whitespace()
-            .find(|w| w.starts_with("https://"))
-            .unwrap_or_else(|| panic!("no link in what enroll printed: {printed}"))
-            .to_owned();
-        let password = printed
-            .lines()
-            .find_map(|l| l.strip_prefix("One-time password: "))
-            .unwrap_or_else(|| panic!("no one-time password in what enroll printed: {printed}"))
-            .trim()
-            .to_owned();
-        EnrollmentLink {
-            url,
-            password,
-            printed,
-        }
+        EnrollmentLink::from_output(&out)
     }
 }
 
-/// What `portcullis enroll` printed.
-#[derive(Debug, Clone)]
-pub struct EnrollmentLink {
-    /// `https://ha.test:PORT/.well-known/portcullis/enroll/<token>`
-    pub url: String,
-    pub password: String,
-    /// The whole output (QR code included).
-    pub printed: String,
-}
-
-impl EnrollmentLink {
-    /// The URL's path: `/.well-known/portcullis/enroll/<token>`.
-    pub fn path(&self) -> &str {
-        let rest = self.url.strip_prefix("https://").expect("an https link");
-        &rest[rest.find('/').expect("a path")..]
-    }
-
-    /// The token (the path's last segment).
-    pub fn token(&self) -> &str {
-        self.path().rsplit('/').next().expect("a token")
-    }
-}
+/// A link `portcullis enroll` printed, with its one-time password.
+pub use crate::common::enroll::PrintedLink as EnrollmentLink;
 
 // ───────────────────────────── Browser ─────────────────────────────
 

@@ -6,6 +6,7 @@
 //! Everything binds `127.0.0.1:0`, so tests run in parallel without sharing anything.
 #![allow(dead_code)]
 
+pub mod enroll;
 pub mod wire;
 
 use std::collections::BTreeMap;
