@@ -93,6 +93,19 @@ impl StateDir {
         StateDir { root: root.into() }
     }
 
+    /// Refuses a directory the gate never initialised (no `ca/tls.crt`): the commands that
+    /// read or change a running installation's state must not create one by mistake.
+    pub fn ensure_initialised(&self) -> Result<()> {
+        if self.ca_cert_path().is_file() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "{} is not a Portcullis state directory (no ca/tls.crt): pass the gate's \
+             --state-dir, or start `portcullis standalone` once first",
+            self.root.display()
+        )))
+    }
+
     /// The directory itself.
     pub fn root(&self) -> &Path {
         &self.root

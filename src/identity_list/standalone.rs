@@ -43,12 +43,7 @@ pub async fn list_standalone(state: &StateDir, admin: &str) -> Result<(Vec<Row>,
 
 /// One [`Facts`] per directory in `identities/`, sorted by name.
 fn read_state(state: &StateDir, notes: &mut Vec<String>) -> Result<Vec<Facts>> {
-    if !state.ca_cert_path().is_file() {
-        return Err(Error::Config(format!(
-            "{} is not a Portcullis state directory (no ca/tls.crt); pass the gate's --state-dir",
-            state.root().display()
-        )));
-    }
+    state.ensure_initialised()?;
     let dir = state.root().join("identities");
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,

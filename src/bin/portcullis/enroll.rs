@@ -57,13 +57,7 @@ fn enroll_standalone(
     state_dir: &std::path::Path,
 ) -> anyhow::Result<sources::Enrolled> {
     let state = StateDir::new(state_dir);
-    if !state.ca_cert_path().is_file() {
-        bail!(
-            "{} is not a Portcullis state directory (no ca/tls.crt); start `portcullis \
-             standalone` once first",
-            state.root().display()
-        );
-    }
+    state.ensure_initialised()?;
     Ok(sources::enroll_standalone(&sources::EnrollStandalone {
         state: &state,
         name: &args.name,

@@ -19,7 +19,7 @@ mod standalone;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis::state::StateDir;
 use portcullis::{resources, sources};
@@ -126,13 +126,7 @@ fn check(config: &std::path::Path) -> ExitCode {
 
 fn rotate(state_dir: PathBuf) -> anyhow::Result<()> {
     let state = StateDir::new(state_dir);
-    if !state.ca_cert_path().is_file() {
-        bail!(
-            "{} is not a Portcullis state directory (no ca/tls.crt); start `portcullis \
-             standalone` once first",
-            state.root().display()
-        );
-    }
+    state.ensure_initialised()?;
     let keys = state.rotate_cookie_keys()?;
     println!(
         "rotated: new cookies are signed with a new key; {} key(s) verify. A running gate \
