@@ -1031,29 +1031,23 @@ async fn the_controller_reports_what_the_schema_cannot_catch() {
 /// The rules of helm/portcullis/templates/rbac.yaml (role `all`), copied: this checks that
 /// the code needs no more than the chart grants; the Helm tests check the chart itself.
 fn chart_rbac(namespace: &str) -> (ClusterRole, Role) {
+    let mut rules = chart_data_plane_rules();
+    // What the controller adds (role `all`).
+    rules.extend([
+        json!({"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["patch"]}),
+        json!({"apiGroups": ["portcullis.dev"], "resources": ["protectedroutes/status"],
+             "verbs": ["patch"]}),
+        json!({"apiGroups": ["portcullis.dev"],
+             "resources": ["clientidentities/finalizers", "protectedroutes/finalizers"],
+             "verbs": ["update"]}),
+        json!({"apiGroups": [""], "resources": ["secrets"],
+             "verbs": ["get", "list", "watch", "create", "patch"]}),
+        json!({"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}),
+        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
+    ]);
     let cluster_role = serde_json::from_value(json!({
         "metadata": {"name": format!("{namespace}-operator")},
-        "rules": [
-            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities", "protectedroutes"],
-             "verbs": ["list", "watch"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["get"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities/status"],
-             "verbs": ["patch"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["enrollments"],
-             "verbs": ["list", "delete"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["enrollments/status"],
-             "verbs": ["update"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["patch"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["protectedroutes/status"],
-             "verbs": ["patch"]},
-            {"apiGroups": ["portcullis.dev"],
-             "resources": ["clientidentities/finalizers", "protectedroutes/finalizers"],
-             "verbs": ["update"]},
-            {"apiGroups": [""], "resources": ["secrets"],
-             "verbs": ["get", "list", "watch", "create", "patch"]},
-            {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        ],
+        "rules": rules,
     }))
     .expect("ClusterRole");
     let role = serde_json::from_value(json!({

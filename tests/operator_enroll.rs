@@ -371,23 +371,13 @@ async fn enrolled_event(admin: &Client, ns: &str, name: &str) {
 /// The rules helm/portcullis/templates/rbac.yaml renders with `operator.role=proxy`
 /// (copied, like tests/operator.rs's `chart_rbac`; tests/helm.rs checks the chart).
 fn chart_proxy_rules(name: &str) -> ClusterRole {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "rules": [
-            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities", "protectedroutes"],
-             "verbs": ["list", "watch"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["get"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["clientidentities/status"],
-             "verbs": ["patch"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["enrollments"],
-             "verbs": ["list", "delete"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["enrollments/status"],
-             "verbs": ["update"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]},
-        ],
-    }))
-    .expect("ClusterRole")
+    let mut rules = chart_data_plane_rules();
+    rules.push(
+        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}),
+    );
+    rules.push(json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}));
+    serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules}))
+        .expect("ClusterRole")
 }
 
 /// A data plane authenticated as a ServiceAccount bound to nothing but the chart's

@@ -1044,3 +1044,20 @@ pub async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Result<Vec<S
         .filter_map(|e| e.reason.clone())
         .collect())
 }
+
+/// The ClusterRole rules of helm/portcullis/templates/rbac.yaml that every data plane gets
+/// (roles `all` and `proxy`), copied: the RBAC tests check that the code needs no more than
+/// the chart grants; tests/helm.rs checks the chart renders them.
+pub fn chart_data_plane_rules() -> Vec<Value> {
+    vec![
+        json!({"apiGroups": ["portcullis.dev"], "resources": ["clientidentities", "protectedroutes"],
+               "verbs": ["list", "watch"]}),
+        json!({"apiGroups": ["portcullis.dev"], "resources": ["clientidentities"], "verbs": ["get"]}),
+        json!({"apiGroups": ["portcullis.dev"], "resources": ["clientidentities/status"],
+               "verbs": ["patch"]}),
+        json!({"apiGroups": ["portcullis.dev"], "resources": ["enrollments"],
+               "verbs": ["list", "delete"]}),
+        json!({"apiGroups": ["portcullis.dev"], "resources": ["enrollments/status"],
+               "verbs": ["update"]}),
+    ]
+}
