@@ -151,16 +151,7 @@ fn published_paths_match_the_chart_and_the_readme() {
     }
 
     // The image job pushes exactly that image at the crate version (= the chart's default tag).
-    let push = workflow["jobs"]["image"]["steps"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|s| {
-            s["uses"]
-                .as_str()
-                .is_some_and(|u| u.starts_with("docker/build-push-action@"))
-        })
-        .expect("a build-push step");
+    let push = build_push_step(&workflow);
     assert_eq!(
         push["with"]["tags"].as_str(),
         Some("${{ needs.version.outputs.image }}:${{ needs.version.outputs.version }}")
@@ -254,16 +245,7 @@ fn release_targets_match_rustc_and_the_dockerfile() {
         let arch = it.next().unwrap().to_owned();
         arch + it.next().unwrap_or("")
     };
-    let push = workflow["jobs"]["image"]["steps"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|s| {
-            s["uses"]
-                .as_str()
-                .is_some_and(|u| u.starts_with("docker/build-push-action@"))
-        })
-        .unwrap();
+    let push = build_push_step(&workflow);
     let platforms: BTreeSet<String> = push["with"]["platforms"]
         .as_str()
         .unwrap()
@@ -279,4 +261,18 @@ fn release_targets_match_rustc_and_the_dockerfile() {
         .expect("Makefile MUSL_TARGET")
         .trim();
     assert!(matrix.contains_key(default), "make static's {default}");
+}
+
+/// The release workflow's image job step that builds and pushes the image.
+fn build_push_step(workflow: &Value) -> &Value {
+    workflow["jobs"]["image"]["steps"]
+        .as_sequence()
+        .expect("image job steps")
+        .iter()
+        .find(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("docker/build-push-action@"))
+        })
+        .expect("a docker/build-push-action step")
 }

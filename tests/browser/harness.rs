@@ -631,6 +631,22 @@ pub struct Loaded {
     pub body: String,
 }
 
+impl Loaded {
+    /// Asserts the page is the upstream's echo of `path`, admitted as `identity`: the
+    /// protected page reached Home Assistant (here the test upstream) through the gate.
+    pub fn assert_upstream_saw(&self, path: &str, identity: &str) {
+        assert_eq!(self.status, 200, "the protected page: {}", self.body);
+        assert_eq!(
+            self.headers.get("x-upstream").map(String::as_str),
+            Some("echo")
+        );
+        let echo: crate::common::Echo = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("the upstream's echo ({e}): {}", self.body));
+        assert_eq!(echo.path, path);
+        assert_eq!(echo.header("x-portcullis-identity"), Some(identity));
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Fetched {
     pub status: u16,
