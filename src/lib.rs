@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod backup;
 pub mod controller;
 pub mod enroll;
 pub mod identity_list;

@@ -8,8 +8,10 @@
 //!  operator.rs    portcullis operator
 //!  identity.rs    portcullis identity export | list
 //!  enroll.rs      portcullis enroll
+//!  backup.rs      portcullis backup | restore
 //! ```
 
+mod backup;
 mod enroll;
 mod identity;
 mod operator;
@@ -64,6 +66,13 @@ enum Command {
     /// Create a one-time enrollment link for a device: a URL and QR code to open on it, and
     /// a one-time password to type there. A new link cancels the identity's previous one.
     Enroll(enroll::Enroll),
+    /// Write everything the gate's trust depends on (CA, revocation ledger, cookie keys,
+    /// device and server certificates, the identities' specs) to one password-protected
+    /// file (age, scrypt).
+    Backup(backup::Backup),
+    /// Restore a backup into a new state directory or a cluster where the operator has not
+    /// created a CA yet. Refuses when a CA exists; never replaces anything.
+    Restore(backup::Restore),
 }
 
 #[derive(Subcommand)]
@@ -89,6 +98,8 @@ fn main() -> ExitCode {
         Command::Identity(command) => identity::run(command),
         Command::CookieKey(CookieKeyCommand::Rotate { state_dir }) => rotate(state_dir),
         Command::Enroll(args) => enroll::run(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
