@@ -97,7 +97,7 @@ pub enum Contents {
     /// A standalone state directory.
     Standalone(StandaloneContents),
     /// A Kubernetes installation.
-    Kubernetes(ClusterContents),
+    Kubernetes(Box<ClusterContents>),
 }
 
 impl Contents {

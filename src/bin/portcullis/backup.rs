@@ -70,12 +70,12 @@ pub(crate) fn backup(args: Backup) -> anyhow::Result<()> {
             &StateDir::new(dir),
             args.config.as_deref(),
         )?),
-        Mode::Kubernetes(ns) => Contents::Kubernetes(runtime()?.block_on(async {
+        Mode::Kubernetes(ns) => Contents::Kubernetes(Box::new(runtime()?.block_on(async {
             let client = client().await?;
             backup::collect_cluster(&client, &ns, &args.ca_secret)
                 .await
                 .map_err(anyhow::Error::from)
-        })?),
+        })?)),
     };
     let archive = Archive::new(contents);
     backup::write_archive(&args.output, &archive, &password)?;
