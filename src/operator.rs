@@ -37,6 +37,8 @@ pub struct Options {
     pub ca_secret: String,
     /// This replica's name as Lease holder (the pod name).
     pub pod_name: String,
+    /// The release: which ProtectedRoutes and ClientIdentities are its own.
+    pub instance: crate::resources::Instance,
     /// The data plane's TLS listener (unused by the controller role).
     pub listener: Option<TcpListener>,
     /// Health and metrics.
@@ -75,6 +77,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
         let source = ClusterSource {
             namespace: opts.namespace.clone(),
             ca_secret: opts.ca_secret.clone(),
+            instance: opts.instance.clone(),
         };
         tasks.spawn(cluster::run(
             client.clone(),
@@ -123,6 +126,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             namespace: opts.namespace,
             ca_secret: opts.ca_secret,
             identity: opts.pod_name,
+            instance: opts.instance,
         };
         let (client, shutdown) = (client.clone(), shutdown.clone());
         tasks.spawn(async move {

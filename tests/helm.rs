@@ -189,6 +189,21 @@ fn options() -> Vec<ChartOption> {
                 assert!(args(docs).contains(&"--role=proxy".to_owned()));
             },
         ),
+        (
+            "second release",
+            vec!["--set", "operator.claimUnlabelled=false"],
+            |docs| {
+                let args = args(docs);
+                assert!(
+                    args.contains(&"--claim-unlabelled=false".to_owned()),
+                    "{args:?}"
+                );
+                assert!(
+                    args.contains(&"--instance=portcullis".to_owned()),
+                    "{args:?}"
+                );
+            },
+        ),
     ]
 }
 
@@ -396,6 +411,8 @@ fn the_pod_is_restricted_probed_and_sized() {
         "operator",
         "--role=all",
         "--ca-secret=portcullis-ca",
+        "--instance=portcullis",
+        "--claim-unlabelled=true",
         "--listen=0.0.0.0:8443",
         "--admin-listen=0.0.0.0:9090",
         "--log-json",

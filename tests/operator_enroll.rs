@@ -447,6 +447,7 @@ async fn the_chart_proxy_rules_are_enough_to_serve_a_link() {
             namespace: op_ns.into(),
             ca_secret: names::CA_SECRET.into(),
             pod_name: "rbac-proxy".into(),
+            instance: portcullis::resources::Instance::default(),
             listener: Some(listener),
             admin: admin_listener,
             seen_flush: portcullis::proxy::seen::FLUSH_EVERY,

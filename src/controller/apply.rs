@@ -11,7 +11,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use super::names::{FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::{Error, Result};
 
 /// Server-side apply params: our field manager, taking over fields another manager set.
@@ -28,7 +28,7 @@ pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerRefere
     })
 }
 
-/// A Secret labelled as ours.
+/// A Secret labelled as ours: managed by Portcullis, written by release `instance`.
 pub struct SecretSpec<'a> {
     /// Secret name.
     pub name: String,
@@ -36,7 +36,9 @@ pub struct SecretSpec<'a> {
     pub namespace: &'a str,
     /// `kubernetes.io/tls` or `Opaque`.
     pub type_: &'static str,
-    /// Labels besides `app.kubernetes.io/managed-by`.
+    /// The release writing it (label `portcullis.dev/instance`).
+    pub instance: &'a str,
+    /// Labels besides `app.kubernetes.io/managed-by` and the instance.
     pub labels: Vec<(&'static str, String)>,
     /// Annotations.
     pub annotations: Vec<(&'static str, String)>,
@@ -49,8 +51,10 @@ pub struct SecretSpec<'a> {
 impl SecretSpec<'_> {
     /// The Secret object to apply.
     pub fn build(self) -> Secret {
-        let mut labels =
-            BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())]);
+        let mut labels = BTreeMap::from([
+            (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+            (INSTANCE_LABEL.to_owned(), self.instance.to_owned()),
+        ]);
         labels.extend(self.labels.into_iter().map(|(k, v)| (k.to_owned(), v)));
         let annotations: BTreeMap<String, String> = self
             .annotations
@@ -194,6 +198,7 @@ mod tests {
             name: "a-client".into(),
             namespace: "home",
             type_: TLS_SECRET_TYPE,
+            instance: "portcullis",
             labels: vec![("portcullis.dev/identity", "a".into())],
             annotations: vec![("portcullis.dev/issued-for", "{}".into())],
             owner: None,

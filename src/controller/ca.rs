@@ -93,12 +93,13 @@ impl CaState {
     }
 }
 
-/// The Secret a new CA is stored in.
-pub fn ca_secret(namespace: &str, name: &str, ca: &Ca) -> Secret {
+/// The Secret a new CA is stored in (written by release `instance`).
+pub fn ca_secret(namespace: &str, name: &str, ca: &Ca, instance: &str) -> Secret {
     SecretSpec {
         name: name.to_owned(),
         namespace,
         type_: TLS_SECRET_TYPE,
+        instance,
         labels: Vec::new(),
         annotations: Vec::new(),
         owner: None,
@@ -113,7 +114,12 @@ pub fn ca_secret(namespace: &str, name: &str, ca: &Ca) -> Secret {
 /// Reads the CA Secret, creating it with a new CA when absent and `name` is the default.
 /// A bring-your-own name that does not exist is reported, not created: a typo must not
 /// silently start a second CA.
-pub async fn bootstrap(client: &Client, namespace: &str, name: &str) -> Result<CaState> {
+pub async fn bootstrap(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    instance: &str,
+) -> Result<CaState> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     if let Some(secret) = api.get_opt(name).await? {
         return Ok(CaState::from_secret(namespace, name, Some(&secret)));
@@ -122,7 +128,7 @@ pub async fn bootstrap(client: &Client, namespace: &str, name: &str) -> Result<C
         return Ok(CaState::from_secret(namespace, name, None));
     }
     let ca = Ca::generate(CA_COMMON_NAME)?;
-    let secret = ca_secret(namespace, name, &ca);
+    let secret = ca_secret(namespace, name, &ca, instance);
     match api.create(&post_params(), &secret).await {
         Ok(created) => {
             tracing::info!(secret = %format!("{namespace}/{name}"), "created the certificate authority");
@@ -139,7 +145,7 @@ pub async fn bootstrap(client: &Client, namespace: &str, name: &str) -> Result<C
 
 /// Creates the cookie keys Secret with one fresh key when absent. An existing one is left
 /// alone even when it does not parse: replacing it would log every browser out.
-pub async fn ensure_cookie_keys(client: &Client, namespace: &str) -> Result<()> {
+pub async fn ensure_cookie_keys(client: &Client, namespace: &str, instance: &str) -> Result<()> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     if let Some(existing) = api.get_opt(COOKIE_KEYS_SECRET).await? {
         if let Err(e) =
@@ -149,7 +155,7 @@ pub async fn ensure_cookie_keys(client: &Client, namespace: &str) -> Result<()> 
         }
         return Ok(());
     }
-    let secret = cookie_keys_secret(namespace, &random_key()?);
+    let secret = cookie_keys_secret(namespace, &random_key()?, instance);
     match api.create(&post_params(), &secret).await {
         Ok(_) => {
             tracing::info!(secret = %format!("{namespace}/{COOKIE_KEYS_SECRET}"), "created the cookie keys");
@@ -160,12 +166,14 @@ pub async fn ensure_cookie_keys(client: &Client, namespace: &str) -> Result<()> 
     }
 }
 
-/// The cookie keys Secret holding `key` (the standalone `cookie-keys` format).
-pub fn cookie_keys_secret(namespace: &str, key: &[u8; 32]) -> Secret {
+/// The cookie keys Secret holding `key` (the standalone `cookie-keys` format), written by
+/// release `instance`.
+pub fn cookie_keys_secret(namespace: &str, key: &[u8; 32], instance: &str) -> Secret {
     SecretSpec {
         name: COOKIE_KEYS_SECRET.to_owned(),
         namespace,
         type_: "Opaque",
+        instance,
         labels: Vec::new(),
         annotations: Vec::new(),
         owner: None,
@@ -210,7 +218,7 @@ mod tests {
     #[test]
     fn ca_secret_roundtrips_and_bad_ones_are_reported() {
         let ca = Ca::generate("t").unwrap();
-        let secret = ca_secret("ops", CA_SECRET, &ca);
+        let secret = ca_secret("ops", CA_SECRET, &ca, "portcullis");
         assert_eq!(secret.type_.as_deref(), Some(TLS_SECRET_TYPE));
         let state = CaState::from_secret("ops", CA_SECRET, Some(&secret));
         assert!(matches!(&state, CaState::Ready(c) if c.cert_der() == ca.cert_der()));
@@ -245,7 +253,7 @@ mod tests {
 
     #[test]
     fn cookie_keys_use_the_state_file_format() {
-        let secret = cookie_keys_secret("ops", &[7; 32]);
+        let secret = cookie_keys_secret("ops", &[7; 32], "portcullis");
         let text = secret_text(&secret, COOKIE_KEYS_KEY).unwrap();
         assert!(text.ends_with('\n') && text.lines().count() == 1);
         assert_eq!(parse_cookie_keys(text).unwrap(), vec![[7; 32]]);

@@ -104,7 +104,11 @@ impl Context {
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
-            crl: Crl::new(client.clone(), config.namespace.clone()),
+            crl: Crl::new(
+                client.clone(),
+                config.namespace.clone(),
+                config.instance.name.clone(),
+            ),
             client,
             config,
             ca,

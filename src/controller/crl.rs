@@ -22,6 +22,7 @@ use super::names::{
     CRL_CA_ANNOTATION, CRL_KEY, CRL_LEDGER_ANNOTATION, CRL_LEDGER_KEY, CRL_SECRET,
     CRL_SIGNED_AT_ANNOTATION,
 };
+use super::ownership::operator_secret_conflict;
 use super::{Error, Result};
 use crate::pki::{
     CRL_REFRESH, CRL_VALIDITY, Ca, RevokedSerial, canonical_serial, parse_ledger_json,
@@ -124,16 +125,19 @@ pub fn next_refresh(secret: Option<&Secret>) -> Option<SystemTime> {
 pub struct Crl {
     client: Client,
     namespace: String,
+    /// The release writing it.
+    instance: String,
     /// Serials on the ledger as last read or written; `None` until first read.
     serials: Mutex<Option<BTreeSet<String>>>,
 }
 
 impl Crl {
-    /// The CRL writer for the operator namespace.
-    pub fn new(client: Client, namespace: String) -> Self {
+    /// The CRL writer of release `instance` for the operator namespace.
+    pub fn new(client: Client, namespace: String, instance: String) -> Self {
         Crl {
             client,
             namespace,
+            instance,
             serials: Mutex::new(None),
         }
     }
@@ -176,6 +180,13 @@ impl Crl {
         let mut serials = self.serials.lock().await;
         let api = self.api();
         let existing = api.get_opt(CRL_SECRET).await?;
+        // A Secret of that name someone else wrote is reported, never force-applied over.
+        if let Some(why) = existing
+            .as_ref()
+            .and_then(|s| operator_secret_conflict(s, &self.instance))
+        {
+            return Err(self.unusable(why));
+        }
         let ca_sha256 = ca.map(|c| sha256_hex(c.cert_der()));
         let now = SystemTime::now();
         let plan = plan(existing.as_ref(), add, ca_sha256.as_deref(), now)
@@ -189,7 +200,14 @@ impl Crl {
             *serials = Some(known);
             return Ok(next_refresh(existing.as_ref()));
         }
-        let desired = desired_secret(&self.namespace, existing.as_ref(), &plan, ca, now)?;
+        let desired = desired_secret(
+            &self.namespace,
+            &self.instance,
+            existing.as_ref(),
+            &plan,
+            ca,
+            now,
+        )?;
         api.patch(CRL_SECRET, &apply_params(), &Patch::Apply(&desired))
             .await?;
         *serials = Some(known);
@@ -205,6 +223,7 @@ impl Crl {
 /// the ledger with the last signed `crl.pem` kept.
 pub fn desired_secret(
     namespace: &str,
+    instance: &str,
     existing: Option<&Secret>,
     plan: &CrlPlan,
     ca: Option<&Ca>,
@@ -249,6 +268,7 @@ pub fn desired_secret(
         name: CRL_SECRET.to_owned(),
         namespace,
         type_: "Opaque",
+        instance,
         labels: Vec::new(),
         annotations,
         owner: None,

@@ -22,6 +22,7 @@ fn crl_secret(
         name: CRL_SECRET.into(),
         namespace: "ops",
         type_: "Opaque",
+        instance: "portcullis",
         labels: Vec::new(),
         annotations: annotations.to_vec(),
         owner: None,
@@ -121,7 +122,7 @@ fn desired_secret_signs_with_the_ca_and_keeps_old_crl_without_one() {
     let ca = Ca::generate("t").unwrap();
     let now = SystemTime::now();
     let p = plan(None, &[revoked("0abc", 1)], Some("x"), now).unwrap();
-    let signed = desired_secret("ops", None, &p, Some(&ca), now).unwrap();
+    let signed = desired_secret("ops", "portcullis", None, &p, Some(&ca), now).unwrap();
     let pem = secret_text(&signed, CRL_KEY).unwrap();
     assert!(pem.starts_with("-----BEGIN X509 CRL-----"));
     assert_eq!(signed.metadata.resource_version, None);
@@ -130,7 +131,7 @@ fn desired_secret_signs_with_the_ca_and_keeps_old_crl_without_one() {
     let mut existing = signed.clone();
     existing.metadata.resource_version = Some("42".into());
     let p = plan(Some(&existing), &[revoked("0abd", 2)], None, now).unwrap();
-    let ledger_only = desired_secret("ops", Some(&existing), &p, None, now).unwrap();
+    let ledger_only = desired_secret("ops", "portcullis", Some(&existing), &p, None, now).unwrap();
     assert_eq!(secret_text(&ledger_only, CRL_KEY), Some(pem));
     assert_eq!(ledger_only.metadata.resource_version.as_deref(), Some("42"));
     assert_eq!(parse_ledger(Some(&ledger_only)).unwrap().len(), 2);

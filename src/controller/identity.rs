@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  finalizer(portcullis.dev/crl)
-//!   ├─ Apply:   revoked? ──▶ serial onto the CRL, Ready=False/Revoked=True (Secret kept)
+//!   ├─ Apply:   <name>-client someone else's? ──▶ Ready=False, SecretConflict (never written)
+//!   │           revoked? ──▶ serial onto the CRL, Ready=False/Revoked=True (Secret kept)
 //!   │           invalid / no CA / no password ──▶ Ready=False with what to do
 //!   │           else plan: keep | re-export .p12 | issue (old serial onto the CRL)
 //!   │           ──▶ status (only if changed) ──▶ requeue at the renewal time
@@ -26,6 +27,7 @@ use super::identity_plan::{
 };
 use super::identity_status::{Facts, Outcome, comparable, status};
 use super::names::{CRL_FINALIZER, identity_secret_name};
+use super::ownership::{Ownership, SECRET_CONFLICT, conflict_message, ownership};
 use super::{Error, Result};
 use crate::pki::previous::{parse_previous, supersede};
 use crate::pki::renewal::{ClientWant, issued_by, renew_at};
@@ -40,9 +42,16 @@ use crate::resources::validate::{
 pub const MAX_REQUEUE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Retry interval while a password Secret is missing (it is not watched).
 pub const PASSWORD_RETRY: Duration = Duration::from_secs(60);
+/// Retry interval while someone else's Secret holds the name (it is not watched: it has
+/// no owner reference to us), so deleting it lets the identity be minted soon.
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(10);
 
-/// Reconciles one ClientIdentity (wrapped in the CRL finalizer).
+/// Reconciles one ClientIdentity (wrapped in the CRL finalizer). One of another release
+/// is not touched at all: no finalizer, no status, no Secret.
 pub async fn reconcile(ci: Arc<ClientIdentity>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.config.instance.claims(&ci.metadata) {
+        return Ok(Action::await_change());
+    }
     ctx.reconciling("ClientIdentity");
     let (_, ns) = name_ns(&*ci, "ClientIdentity")?;
     let api: Api<ClientIdentity> = Api::namespaced(ctx.client.clone(), &ns);
@@ -75,7 +84,21 @@ async fn apply(ci: Arc<ClientIdentity>, ctx: &Context) -> Result<Action> {
     let (name, ns) = name_ns(&*ci, "ClientIdentity")?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = identity_secret_name(&name);
-    let existing = secrets.get_opt(&secret_name).await?;
+    let found = secrets.get_opt(&secret_name).await?;
+    // Someone else's Secret is neither read (its serials must not reach our CRL) nor written.
+    let conflict = match ownership(
+        found.as_ref(),
+        ci.meta().uid.as_deref(),
+        &ctx.config.instance.name,
+    ) {
+        Ownership::Foreign(why) => Some(conflict_message(
+            &format!("{ns}/{secret_name}"),
+            &format!("ClientIdentity {ns}/{name}"),
+            &why,
+        )),
+        Ownership::Missing | Ownership::Owned => None,
+    };
+    let existing = found.filter(|_| conflict.is_none());
     let stored = existing.as_ref().map(read_stored);
     let timing = identity_timing(&ci.spec).ok();
     let now = SystemTime::now();
@@ -84,6 +107,8 @@ async fn apply(ci: Arc<ClientIdentity>, ctx: &Context) -> Result<Action> {
     let (outcome, ensured) = if ci.spec.revoked {
         revoke(&ci, ctx, stored.as_ref().and_then(|s| s.as_ref().ok())).await?;
         (Outcome::Revoked, None)
+    } else if let Some(message) = conflict {
+        (Outcome::Blocked(SECRET_CONFLICT, message), None)
     } else if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         (Outcome::Blocked("InvalidSpec", list.join("; ")), None)
@@ -182,6 +207,7 @@ async fn apply(ci: Arc<ClientIdentity>, ctx: &Context) -> Result<Action> {
         (Outcome::Blocked(r, _), _) if r.starts_with("PasswordSecret") => {
             Action::requeue(PASSWORD_RETRY)
         }
+        (Outcome::Blocked(SECRET_CONFLICT, _), _) => Action::requeue(CONFLICT_RETRY),
         _ => Action::await_change(),
     })
 }
@@ -307,7 +333,7 @@ async fn ensure(
         issued_for: &want.issued_for(),
         previous: &previous,
     };
-    let desired = identity_secret(ci, ns, &files)?;
+    let desired = identity_secret(ci, ns, &ctx.config.instance.name, &files)?;
     apply_secret(secrets, &desired, existing).await?;
     Ok(Ok(Ensured {
         cert,
@@ -378,7 +404,15 @@ async fn cleanup(ci: Arc<ClientIdentity>, ctx: &Context) -> Result<Action> {
     let (name, ns) = name_ns(&*ci, "ClientIdentity")?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = secrets.get_opt(&identity_secret_name(&name)).await?;
-    let stored = existing.as_ref().and_then(|s| read_stored(s).ok());
+    let owned = ownership(
+        existing.as_ref(),
+        ci.meta().uid.as_deref(),
+        &ctx.config.instance.name,
+    ) == Ownership::Owned;
+    let stored = existing
+        .as_ref()
+        .filter(|_| owned)
+        .and_then(|s| read_stored(s).ok());
     revoke(&ci, ctx, stored.as_ref()).await?;
     tracing::info!(identity = %format!("{ns}/{name}"), "deleted: its serials are on the CRL");
     Ok(Action::await_change())

@@ -269,6 +269,7 @@ pub struct IdentityFiles<'a> {
 pub fn identity_secret(
     ci: &ClientIdentity,
     namespace: &str,
+    instance: &str,
     files: &IdentityFiles<'_>,
 ) -> Result<Secret> {
     let name = ci
@@ -297,6 +298,7 @@ pub fn identity_secret(
         name: identity_secret_name(name),
         namespace,
         type_: TLS_SECRET_TYPE,
+        instance,
         labels: vec![(IDENTITY_LABEL, name.to_owned())],
         annotations: vec![(ISSUED_FOR_ANNOTATION, issued_for)],
         owner: owner_ref(ci),

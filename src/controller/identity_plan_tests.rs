@@ -40,7 +40,7 @@ fn minted(ca: &Ca, want: &Want<'_>) -> Secret {
         issued_for: &want.issued_for(),
         previous: "",
     };
-    identity_secret(&ci, "home", &files).unwrap()
+    identity_secret(&ci, "home", "portcullis", &files).unwrap()
 }
 
 #[test]

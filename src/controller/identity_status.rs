@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{EXPIRING_SOON, READY, REVOKED, Want, merge, time};
+use super::ownership::{SECRET_CONFLICT, SECRET_NOT_OWNED};
 use crate::pki::CertInfo;
 use crate::pki::renewal::renew_at;
 use crate::resources::{
@@ -98,11 +99,12 @@ pub fn status(
     let existing = current.map_or(&[][..], |s| &s.conditions[..]);
     let seen = current.map_or(&[][..], |s| &s.seen[..]);
     let name = ci.metadata.name.as_deref().unwrap_or_default();
-    let wanted = [
+    let mut wanted = vec![
         ready(outcome, facts, seen, name),
         revoked(outcome, facts),
         expiring(outcome, facts, seen, now),
     ];
+    wanted.extend(secret_conflict(outcome));
     let previous = match outcome {
         Outcome::Revoked => Vec::new(),
         _ => facts
@@ -178,6 +180,18 @@ fn ready(outcome: &Outcome, facts: &Facts<'_>, seen: &[SeenCertificate], name: &
             "spec.revoked is true: the gate refuses this device; set it to false to issue a new certificate",
         ),
         Outcome::Blocked(reason, message) => Want::no(READY, reason, message.clone()),
+    }
+}
+
+/// `SecretConflict=True` while someone else's Secret holds the name; absent otherwise.
+fn secret_conflict(outcome: &Outcome) -> Option<Want> {
+    match outcome {
+        Outcome::Blocked(SECRET_CONFLICT, message) => Some(Want::yes(
+            SECRET_CONFLICT,
+            SECRET_NOT_OWNED,
+            message.clone(),
+        )),
+        _ => None,
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ca::{CaState, bootstrap, ensure_cookie_keys};
 use super::context::{Context, Metrics, backoff};
-use super::names::managed_selector;
+use super::names::instance_selector;
 use super::{Config, Error, identity, route};
 use crate::pki::CRL_REFRESH;
 use crate::resources::{ClientIdentity, ProtectedRoute};
@@ -28,14 +28,19 @@ const CONCURRENCY: u16 = 4;
 /// retried with backoff.
 pub async fn lead(client: Client, config: Config, metrics: Arc<Metrics>, stop: CancellationToken) {
     let Some(initial) = retry(&stop, "reading the CA Secret", || {
-        bootstrap(&client, &config.namespace, &config.ca_secret)
+        bootstrap(
+            &client,
+            &config.namespace,
+            &config.ca_secret,
+            &config.instance.name,
+        )
     })
     .await
     else {
         return;
     };
     if retry(&stop, "creating the cookie keys", || {
-        ensure_cookie_keys(&client, &config.namespace)
+        ensure_cookie_keys(&client, &config.namespace, &config.instance.name)
     })
     .await
     .is_none()
@@ -45,7 +50,9 @@ pub async fn lead(client: Client, config: Config, metrics: Arc<Metrics>, stop: C
     let (ca_tx, ca_rx) = watch::channel(initial.clone());
 
     let secrets = || Api::<Secret>::all(client.clone());
-    let owned = watcher::Config::default().labels(&managed_selector());
+    // Only this release's Secrets; whose ProtectedRoutes and ClientIdentities are
+    // this release's is decided per object in the reconcilers (Instance::claims).
+    let owned = watcher::Config::default().labels(&instance_selector(&config.instance.name));
     let ctrl_config = controller::Config::default().concurrency(CONCURRENCY);
     let identities = Controller::new(
         Api::<ClientIdentity>::all(client.clone()),

@@ -25,6 +25,7 @@ mod identity;
 mod identity_plan;
 mod identity_status;
 mod leading;
+mod ownership;
 /// Names of what the controller writes (they live with the resources: the data plane reads
 /// the same objects).
 pub use crate::resources::names;
@@ -40,9 +41,13 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::resources::Instance;
 pub use ca::CaState;
 pub use context::Metrics;
 pub use error::{Error, Result};
+pub use ownership::{
+    Ownership, SECRET_CONFLICT, SecretOwnership, identity_secret_ownership, ownership,
+};
 
 /// Lease duration (seconds): a dead leader is replaced after at most this long.
 pub const LEASE_DURATION: u64 = 15;
@@ -59,15 +64,18 @@ pub struct Config {
     pub ca_secret: String,
     /// This replica's identity as Lease holder (the pod name).
     pub identity: String,
+    /// The release: which objects it acts on, the label on every Secret it writes.
+    pub instance: Instance,
 }
 
 impl Config {
-    /// A config with the default CA Secret name.
+    /// A config with the default CA Secret name and instance.
     pub fn new(namespace: impl Into<String>, identity: impl Into<String>) -> Self {
         Config {
             namespace: namespace.into(),
             ca_secret: names::CA_SECRET.to_owned(),
             identity: identity.into(),
+            instance: Instance::default(),
         }
     }
 }

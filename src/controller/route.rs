@@ -5,7 +5,8 @@
 //! ```text
 //!  route_problems? ──▶ Ready=False InvalidSpec
 //!  upstream.service: GET it ──▶ missing / no such port ──▶ Ready=False (retried)
-//!  issue:      GET <name>-server-tls ──renewal rules──▶ keep | mint (APPLY) ──▶ Issued/Renewed
+//!  issue:      GET <name>-server-tls ──someone else's?──▶ Ready=False, SecretConflict
+//!                                    ──renewal rules──▶ keep | mint (APPLY) ──▶ Issued/Renewed
 //!  secretName: GET it ──▶ missing / unparsable / expired / wrong hosts ──▶ Ready=False
 //!  status (only if changed) ──▶ requeue at the renewal time
 //! ```
@@ -20,8 +21,9 @@ use kube::{Api, Resource};
 use super::apply::{apply_secret, apply_status, name_ns};
 use super::conditions::{READY, reason_of};
 use super::context::Context;
-use super::identity::requeue_until;
+use super::identity::{CONFLICT_RETRY, requeue_until};
 use super::names::route_secret_name;
+use super::ownership::{Ownership, SECRET_CONFLICT, conflict_message, ownership};
 use super::route_plan::{
     Blocked, admitted, check_own_secret, check_service, normalized_hosts, read_tls, route_status,
     server_secret,
@@ -46,8 +48,11 @@ struct Served {
     requeue: Action,
 }
 
-/// Reconciles one ProtectedRoute.
+/// Reconciles one ProtectedRoute; one of another release is not touched.
 pub async fn reconcile(pr: Arc<ProtectedRoute>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.config.instance.claims(&pr.metadata) {
+        return Ok(Action::await_change());
+    }
     ctx.reconciling("ProtectedRoute");
     let (name, ns) = name_ns(&*pr, "ProtectedRoute")?;
     let hosts = normalized_hosts(&pr.spec.hosts);
@@ -67,10 +72,13 @@ pub async fn reconcile(pr: Arc<ProtectedRoute>, ctx: Arc<Context>) -> Result<Act
 
     // Counting before the cache has listed would publish a wrong number; wait a little.
     let _ = tokio::time::timeout(IDENTITY_CACHE_WAIT, ctx.identities.wait_until_ready()).await;
-    let count = admitted(
-        &ctx.identities.state(),
-        pr.spec.client_auth.identity_selector.as_ref(),
-    );
+    let mine: Vec<_> = ctx
+        .identities
+        .state()
+        .into_iter()
+        .filter(|ci| ctx.config.instance.claims(&ci.metadata))
+        .collect();
+    let count = admitted(&mine, pr.spec.client_auth.identity_selector.as_ref());
     let status = route_status(&pr, &outcome, &hosts, count, &super::conditions::now());
     let api: Api<ProtectedRoute> = Api::namespaced(ctx.client.clone(), &ns);
     apply_status(&api, &*pr, &status, pr.status.as_ref()).await?;
@@ -94,6 +102,7 @@ pub async fn reconcile(pr: Arc<ProtectedRoute>, ctx: Arc<Context>) -> Result<Act
         (None, Err((reason, _))) if reason.ends_with("Missing") && !reason.starts_with("CA") => {
             Action::requeue(MISSING_RETRY)
         }
+        (None, Err((SECRET_CONFLICT, _))) => Action::requeue(CONFLICT_RETRY),
         _ => Action::await_change(),
     })
 }
@@ -153,7 +162,20 @@ async fn issue(
         Ok(ca) => ca.clone(),
         Err(blocked) => return Ok(Err(blocked)),
     };
-    let existing = secrets.get_opt(&route_secret_name(name)).await?;
+    let secret_name = route_secret_name(name);
+    let existing = secrets.get_opt(&secret_name).await?;
+    if let Ownership::Foreign(why) = ownership(
+        existing.as_ref(),
+        pr.meta().uid.as_deref(),
+        &ctx.config.instance.name,
+    ) {
+        let message = conflict_message(
+            &format!("{ns}/{secret_name}"),
+            &format!("ProtectedRoute {ns}/{name}"),
+            &why,
+        );
+        return Ok(Err((SECRET_CONFLICT, message)));
+    }
     let stored = existing.as_ref().map(read_tls);
     let reason = match &stored {
         None => Some("new route".to_owned()),
@@ -182,7 +204,8 @@ async fn issue(
             (cert, Some((kind, note)))
         }
     };
-    apply_secret(secrets, &server_secret(pr, ns, &cert)?, existing.as_ref()).await?;
+    let desired = server_secret(pr, ns, &ctx.config.instance.name, &cert)?;
+    apply_secret(secrets, &desired, existing.as_ref()).await?;
     let requeue = requeue_until(renew_at(cert.info.not_after, SERVER_RENEW_BEFORE), now);
     Ok(Ok(Served {
         cert,

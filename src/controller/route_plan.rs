@@ -12,6 +12,7 @@ use kube::core::{Selector, SelectorExt};
 use super::apply::{SecretSpec, owner_ref, secret_text};
 use super::conditions::{READY, Want, merge};
 use super::names::{ROUTE_LABEL, TLS_CRT, TLS_KEY, TLS_SECRET_TYPE, route_secret_name};
+use super::ownership::{SECRET_CONFLICT, SECRET_NOT_OWNED};
 use super::{Error, Result};
 use crate::pki::renewal::{covers, normalize_host, san_hosts};
 use crate::pki::{IssuedCert, first_cert_der, inspect, key_der_from_pem, key_for_cert};
@@ -129,7 +130,12 @@ pub fn admitted(identities: &[Arc<ClientIdentity>], selector: Option<&LabelSelec
 }
 
 /// The `<name>-server-tls` Secret of a route, owned by it.
-pub fn server_secret(pr: &ProtectedRoute, ns: &str, cert: &IssuedCert) -> Result<Secret> {
+pub fn server_secret(
+    pr: &ProtectedRoute,
+    ns: &str,
+    instance: &str,
+    cert: &IssuedCert,
+) -> Result<Secret> {
     let name = pr
         .metadata
         .name
@@ -139,6 +145,7 @@ pub fn server_secret(pr: &ProtectedRoute, ns: &str, cert: &IssuedCert) -> Result
         name: route_secret_name(name),
         namespace: ns,
         type_: TLS_SECRET_TYPE,
+        instance,
         labels: vec![(ROUTE_LABEL, name.to_owned())],
         annotations: Vec::new(),
         owner: owner_ref(pr),
@@ -159,13 +166,20 @@ pub fn route_status(
     admitted: i64,
     now: &Time,
 ) -> ProtectedRouteStatus {
-    let want = match outcome {
+    let mut wanted = vec![match outcome {
         Ok(message) => Want::yes(READY, "Ready", message.clone()),
         Err((reason, message)) => Want::no(READY, reason, message.clone()),
-    };
+    }];
+    if let Err((SECRET_CONFLICT, message)) = outcome {
+        wanted.push(Want::yes(
+            SECRET_CONFLICT,
+            SECRET_NOT_OWNED,
+            message.clone(),
+        ));
+    }
     let existing = pr.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
     ProtectedRouteStatus {
-        conditions: merge(existing, &[want], pr.metadata.generation, now),
+        conditions: merge(existing, &wanted, pr.metadata.generation, now),
         observed_generation: pr.metadata.generation,
         hosts: if outcome.is_ok() {
             hosts.to_vec()

@@ -23,7 +23,7 @@ fn minted_server_secret_roundtrips() {
     let ca = Ca::generate("t").unwrap();
     let pr = route("ha");
     let cert = ca.issue_server(&["ha.example.test".into()], DAY).unwrap();
-    let secret = server_secret(&pr, "home", &cert).unwrap();
+    let secret = server_secret(&pr, "home", "portcullis", &cert).unwrap();
     assert_eq!(secret.metadata.name.as_deref(), Some("ha-server-tls"));
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
     assert_eq!(
@@ -53,7 +53,7 @@ fn brought_secret_is_checked() {
     assert!(msg.contains("home/le-cert"), "{msg}");
 
     let wildcard = ca.issue_server(&["*.example.test".into()], DAY).unwrap();
-    let secret = server_secret(&pr, "home", &wildcard).unwrap();
+    let secret = server_secret(&pr, "home", "portcullis", &wildcard).unwrap();
     assert!(check_own_secret("home", "le-cert", Some(&secret), &hosts, now).is_ok());
     let (reason, msg) = check_own_secret(
         "home",

@@ -7,6 +7,7 @@
 
 mod client_identity;
 mod enrollment;
+mod instance;
 pub mod names;
 mod protected_route;
 pub mod schema;
@@ -21,6 +22,7 @@ pub use enrollment::{
     ENROLLMENT_IDENTITY_LABEL, Enrollment, EnrollmentSpec, EnrollmentStatus, TOKEN_HASH_LABEL,
     token_hash_label,
 };
+pub use instance::Instance;
 pub use protected_route::{
     BypassRule, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute, ProtectedRouteSpec,
     ProtectedRouteStatus, ServerCertificate, ServiceRef, Upstream,

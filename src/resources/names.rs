@@ -42,6 +42,12 @@ pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "portcullis";
+/// Label naming the release (`--instance`) an object belongs to: on a ProtectedRoute or
+/// ClientIdentity it assigns the object to that release (see [`crate::resources::Instance`]);
+/// every Secret a release writes carries it.
+pub const INSTANCE_LABEL: &str = "portcullis.dev/instance";
+/// The instance name of a release started without `--instance`.
+pub const DEFAULT_INSTANCE: &str = "portcullis";
 /// Label on an identity Secret naming its ClientIdentity.
 pub const IDENTITY_LABEL: &str = "portcullis.dev/identity";
 /// Label on a server certificate Secret naming its ProtectedRoute.
@@ -58,6 +64,11 @@ pub const CRL_LEDGER_ANNOTATION: &str = "portcullis.dev/crl-ledger-sha256";
 /// The label selector of the Secrets the controller writes.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+}
+
+/// The label selector of the Secrets release `instance` writes.
+pub fn instance_selector(instance: &str) -> String {
+    format!("{},{INSTANCE_LABEL}={instance}", managed_selector())
 }
 
 /// The Secret holding a ClientIdentity's device files, in its namespace.

@@ -31,7 +31,7 @@ use super::routes::resolve;
 use crate::pki::previous::{PREVIOUS_CRT, parse_previous};
 use crate::pki::{canonical_serial, parse_ledger_json};
 use crate::resources::names;
-use crate::resources::{ClientIdentity, ProtectedRoute};
+use crate::resources::{ClientIdentity, Instance, ProtectedRoute};
 use crate::snapshot::{RouteSource, Snapshot, SnapshotParts};
 use crate::telemetry::{FailureLabels, Metrics};
 use crate::{Error, Result};
@@ -46,6 +46,8 @@ pub struct ClusterSource {
     pub namespace: String,
     /// Name of the CA Secret (bring-your-own allowed).
     pub ca_secret: String,
+    /// The release: only its routes and identities are served and admitted.
+    pub instance: Instance,
 }
 
 struct Stores {
@@ -260,6 +262,11 @@ impl Stores {
     }
 }
 
+/// Whether `secret` has an owner reference with `uid`.
+fn owned_by(secret: &Secret, uid: Option<&str>) -> bool {
+    uid.is_some_and(|uid| secret.owner_references().iter().any(|o| o.uid == uid))
+}
+
 fn secret_bytes<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     secret.data.as_ref()?.get(key).map(|b| b.0.as_slice())
 }
@@ -296,6 +303,7 @@ fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Sna
     // others are left out rather than failing the build, which would freeze the data plane
     // (revocations included) and keep a new replica from ever becoming ready.
     let mut candidates = stores.routes.state();
+    candidates.retain(|r| source.instance.claims(&r.metadata));
     candidates.sort_by_cached_key(|r| {
         (
             r.metadata.creation_timestamp.clone().map(|t| t.0),
@@ -334,7 +342,10 @@ fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Sna
     let now = std::time::SystemTime::now();
     let mut live = Vec::new();
     for identity in stores.identities.state() {
-        if identity.spec.revoked || identity.metadata.deletion_timestamp.is_some() {
+        if identity.spec.revoked
+            || identity.metadata.deletion_timestamp.is_some()
+            || !source.instance.claims(&identity.metadata)
+        {
             continue;
         }
         let namespace = identity.namespace().unwrap_or_default();
@@ -343,6 +354,12 @@ fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Sna
         let Some(secret) = stores.secret(&namespace, &secret_name) else {
             continue; // Not minted yet.
         };
+        // A Secret of that name the identity does not own (see controller::ownership) is
+        // not its certificate.
+        if !owned_by(&secret, identity.metadata.uid.as_deref()) {
+            tracing::warn!(identity = %name, secret = %secret_name, "Secret not owned by the identity; device not admitted");
+            continue;
+        }
         let Some(cert) = secret_bytes(&secret, names::TLS_CRT) else {
             continue;
         };
@@ -423,6 +440,15 @@ fn route_source(stores: &Stores, route: &ProtectedRoute) -> Result<RouteSource> 
             "server certificate Secret {namespace}/{secret_name} not found"
         ))
     })?;
+    // A minted certificate is served only from the route's own Secret; a brought one
+    // (`secretName`) is the user's by definition.
+    if spec.server_certificate.secret_name.is_none()
+        && !owned_by(&secret, route.metadata.uid.as_deref())
+    {
+        return Err(Error::Config(format!(
+            "Secret {namespace}/{secret_name} is not owned by the route (SecretConflict)"
+        )));
+    }
     let bad = |what: &str, e: &dyn std::fmt::Display| {
         Error::Config(format!("Secret {namespace}/{secret_name}: {what}: {e}"))
     };

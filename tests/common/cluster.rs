@@ -574,6 +574,24 @@ pub struct InProcessOperator {
 
 impl InProcessOperator {
     pub async fn start(client: Client, namespace: &str, pod_name: &str) -> Self {
+        Self::start_as(
+            client,
+            namespace,
+            pod_name,
+            portcullis::resources::Instance::default(),
+            names::CA_SECRET,
+        )
+        .await
+    }
+
+    /// [`start`](Self::start) as release `instance`, with CA Secret `ca_secret`.
+    pub async fn start_as(
+        client: Client,
+        namespace: &str,
+        pod_name: &str,
+        instance: portcullis::resources::Instance,
+        ca_secret: &str,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (proxy, admin_addr) = (
@@ -583,8 +601,9 @@ impl InProcessOperator {
         let opts = portcullis::operator::Options {
             role: portcullis::operator::Role::All,
             namespace: namespace.to_owned(),
-            ca_secret: names::CA_SECRET.to_owned(),
+            ca_secret: ca_secret.to_owned(),
             pod_name: pod_name.to_owned(),
+            instance,
             listener: Some(listener),
             admin,
             seen_flush: portcullis::proxy::seen::FLUSH_EVERY,

@@ -22,6 +22,16 @@ pub(crate) struct Operator {
     /// Name of the CA Secret; name an existing kubernetes.io/tls Secret to bring your own CA.
     #[arg(long, env = "PORTCULLIS_CA_SECRET", default_value = "portcullis-ca")]
     ca_secret: String,
+    /// This release's name (the chart: the release name): it acts only on ProtectedRoutes
+    /// and ClientIdentities labelled portcullis.dev/instance=<name> (and unlabelled ones,
+    /// see --claim-unlabelled), and labels every Secret it writes with it.
+    #[arg(long, env = "PORTCULLIS_INSTANCE", default_value = portcullis::controller::names::DEFAULT_INSTANCE)]
+    instance: String,
+    /// Whether ProtectedRoutes and ClientIdentities without a portcullis.dev/instance label
+    /// are this release's. Exactly one release in a cluster should claim them: run any
+    /// other with --claim-unlabelled=false.
+    #[arg(long, env = "PORTCULLIS_CLAIM_UNLABELLED", default_value_t = true, action = clap::ArgAction::Set)]
+    claim_unlabelled: bool,
     /// This replica's name as leader-election holder. Default: the host name.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -56,6 +66,8 @@ async fn run_operator(args: Operator) -> anyhow::Result<()> {
         Role::Proxy => operator::Role::Proxy,
         Role::All => operator::Role::All,
     };
+    let instance = portcullis::resources::Instance::new(&args.instance, args.claim_unlabelled)
+        .map_err(|e| anyhow!("--instance: {e}"))?;
     let listener = match role {
         operator::Role::Controller => None,
         _ => Some(bind_gate(args.listen)?),
@@ -74,12 +86,19 @@ async fn run_operator(args: Operator) -> anyhow::Result<()> {
         namespace: args.namespace,
         ca_secret: args.ca_secret,
         pod_name,
+        instance,
         listener,
         admin,
         seen_flush: args.proxy.seen_flush,
         settings: args.proxy.settings(),
     };
-    tracing::info!(namespace = %opts.namespace, replica = %opts.pod_name, "portcullis operator starting");
+    tracing::info!(
+        namespace = %opts.namespace,
+        replica = %opts.pod_name,
+        instance = %opts.instance.name,
+        claim_unlabelled = opts.instance.claim_unlabelled,
+        "portcullis operator starting"
+    );
     let shutdown = CancellationToken::new();
     let mut run = tokio::spawn(operator::run(client, opts, shutdown.clone()));
     let finished = tokio::select! {

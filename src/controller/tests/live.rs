@@ -207,7 +207,7 @@ async fn racing_bootstraps_end_with_one_ca() {
     let boot = || {
         let client = client.clone();
         tokio::spawn(async move {
-            crate::controller::ca::bootstrap(&client, "race", "portcullis-ca").await
+            crate::controller::ca::bootstrap(&client, "race", "portcullis-ca", "portcullis").await
         })
     };
     let (a, b) = (boot(), boot());
@@ -219,7 +219,7 @@ async fn racing_bootstraps_end_with_one_ca() {
         other => panic!("{other:?}"),
     }
     // A custom name that does not exist is reported, never created.
-    let byo = crate::controller::ca::bootstrap(&client, "race", "my-ca")
+    let byo = crate::controller::ca::bootstrap(&client, "race", "my-ca", "portcullis")
         .await
         .unwrap();
     assert!(matches!(byo, crate::controller::CaState::Missing(_)));
