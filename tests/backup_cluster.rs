@@ -213,6 +213,14 @@ async fn a_restored_cluster_keeps_ca_devices_revocations_and_cookies() {
     );
     assert_ne!(new_uid, ids.get("phone").await.unwrap().uid(), "a new UID");
 
+    assert_eq!(
+        restored_phone
+            .labels()
+            .get(names::INSTANCE_LABEL)
+            .map(String::as_str),
+        Some(names::DEFAULT_INSTANCE),
+        "labelled for the release that will run on it"
+    );
     let restored_version = restored_phone.resource_version();
 
     // After: the operator starts on the restored objects.

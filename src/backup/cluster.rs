@@ -24,10 +24,10 @@ use serde::de::DeserializeOwned;
 
 use super::{ClusterContents, Error, Report, Result, SavedObject, SavedOwner, SavedSecret};
 use crate::resources::names::{
-    COOKIE_KEYS_SECRET, CRL_SECRET, MANAGED_BY_LABEL, MANAGED_BY_VALUE, identity_secret_name,
-    route_secret_name,
+    COOKIE_KEYS_SECRET, CRL_SECRET, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    identity_secret_name, route_secret_name,
 };
-use crate::resources::{ClientIdentity, ProtectedRoute};
+use crate::resources::{ClientIdentity, Instance, ProtectedRoute};
 
 /// Field manager of the objects a restore creates.
 const RESTORE_MANAGER: &str = "portcullis-restore";
@@ -152,17 +152,19 @@ fn saved_object<K: Resource, S: Clone>(obj: &K, spec: &S) -> SavedObject<S> {
 
 // === restore ===
 
-/// Restores `contents` into the cluster, the operator-namespace Secrets into `namespace`.
+/// Restores `contents` into the cluster, the operator-namespace Secrets into `namespace`,
+/// every Secret labelled as written by release `instance` (the operator's `--instance`).
 /// Refuses (writing nothing) when the CA Secret or any other Secret already exists.
 pub async fn restore_cluster(
     client: &Client,
     contents: &ClusterContents,
     namespace: &str,
+    instance: &Instance,
 ) -> Result<Report> {
     let ops = operator_secrets(contents, namespace);
     preflight(client, contents, &ops).await?;
     let mut created = Created::default();
-    match create_all(client, contents, &ops, &mut created).await {
+    match create_all(client, contents, &ops, instance, &mut created).await {
         Ok(report) => Ok(report),
         Err(e) => {
             let left = created.undo(client).await;
@@ -242,6 +244,7 @@ async fn create_all(
     client: &Client,
     contents: &ClusterContents,
     ops: &[SavedSecret],
+    instance: &Instance,
     created: &mut Created,
 ) -> Result<Report> {
     let mut report = Report::default();
@@ -296,7 +299,7 @@ async fn create_all(
                 Some(owner_reference(o, uid))
             }
         };
-        let secret = restored_secret(saved, owner);
+        let secret = restored_secret(saved, owner, instance);
         let api: Api<Secret> = Api::namespaced(client.clone(), &saved.namespace);
         api.create(&post_params(), &secret)
             .await
@@ -313,20 +316,29 @@ async fn create_all(
 }
 
 /// Labels a restored Secret carries: the ones it was backed up with, and the controller's
-/// own (it watches Secrets by them). A label every restored Secret must carry is one line
-/// here.
-fn restored_labels(saved: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+/// own, as the restoring release writes them (it watches Secrets by them, and a Secret of
+/// another release is not its to keep). A label every restored Secret must carry is one
+/// line here.
+fn restored_labels(
+    saved: &BTreeMap<String, String>,
+    instance: &Instance,
+) -> BTreeMap<String, String> {
     let mut labels = saved.clone();
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
+    labels.insert(INSTANCE_LABEL.to_owned(), instance.name.clone());
     labels
 }
 
-fn restored_secret(saved: &SavedSecret, owner: Option<OwnerReference>) -> Secret {
+fn restored_secret(
+    saved: &SavedSecret,
+    owner: Option<OwnerReference>,
+    instance: &Instance,
+) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(saved.name.clone()),
             namespace: Some(saved.namespace.clone()),
-            labels: Some(restored_labels(&saved.labels)),
+            labels: Some(restored_labels(&saved.labels, instance)),
             annotations: (!saved.annotations.is_empty()).then(|| saved.annotations.clone()),
             owner_references: owner.map(|o| vec![o]),
             ..ObjectMeta::default()

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use portcullis::backup::{self, Archive, Contents, MIN_PASSWORD_CHARS, Password, Report};
-use portcullis::resources::names::CA_SECRET;
+use portcullis::resources::Instance;
+use portcullis::resources::names::{CA_SECRET, DEFAULT_INSTANCE};
 use portcullis::state::StateDir;
 
 use crate::runtime;
@@ -42,7 +43,7 @@ pub(crate) struct Backup {
     target: Target,
     /// Standalone: also keep this config file (routes and identities), so the devices can
     /// be recreated from the backup alone.
-    #[arg(long, requires = "state_dir")]
+    #[arg(long)]
     config: Option<PathBuf>,
     /// Kubernetes: the CA Secret's name (the operator's --ca-secret).
     #[arg(long, default_value = CA_SECRET, conflicts_with = "state_dir")]
@@ -57,14 +58,17 @@ pub(crate) struct Restore {
     #[command(flatten)]
     target: Target,
     /// Standalone: write the backup's config file here (it must not exist).
-    #[arg(long, requires = "state_dir")]
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Kubernetes: the release that will run on the restored objects (the operator's
+    /// --instance; the chart's release name). Restored Secrets are labelled with it.
+    #[arg(long, env = "PORTCULLIS_INSTANCE", default_value = DEFAULT_INSTANCE)]
+    instance: String,
 }
 
 /// Takes a backup.
 pub(crate) fn backup(args: Backup) -> anyhow::Result<()> {
-    let mode = mode(&args.target)?;
-    let password = password(&args.target, true)?;
+    let mode = mode(&args.target, args.config.as_deref())?;
     let contents = match mode {
         Mode::Standalone(dir) => Contents::Standalone(backup::collect_standalone(
             &StateDir::new(dir),
@@ -77,6 +81,8 @@ pub(crate) fn backup(args: Backup) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
         })?)),
     };
+    // Asked only once the installation was read: a typo in --state-dir costs no typing.
+    let password = password(&args.target, true)?;
     let archive = Archive::new(contents);
     backup::write_archive(&args.output, &archive, &password)?;
     println!(
@@ -93,7 +99,9 @@ pub(crate) fn backup(args: Backup) -> anyhow::Result<()> {
 
 /// Restores a backup.
 pub(crate) fn restore(args: Restore) -> anyhow::Result<()> {
-    let mode = mode(&args.target)?;
+    let mode = mode(&args.target, args.config.as_deref())?;
+    let instance =
+        Instance::new(&args.instance, true).map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
     let password = password(&args.target, false)?;
     let archive = backup::read_archive(&args.file, &password)?;
     let report = match (mode, &archive.contents) {
@@ -102,7 +110,7 @@ pub(crate) fn restore(args: Restore) -> anyhow::Result<()> {
         }
         (Mode::Kubernetes(ns), Contents::Kubernetes(c)) => runtime()?.block_on(async {
             let client = client().await?;
-            backup::restore_cluster(&client, c, &ns)
+            backup::restore_cluster(&client, c, &ns, &instance)
                 .await
                 .map_err(anyhow::Error::from)
         })?,
@@ -165,7 +173,10 @@ enum Mode {
     Kubernetes(String),
 }
 
-fn mode(target: &Target) -> anyhow::Result<Mode> {
+fn mode(target: &Target, config: Option<&Path>) -> anyhow::Result<Mode> {
+    if config.is_some() && target.state_dir.is_none() {
+        bail!("--config is for a standalone installation (with --state-dir)");
+    }
     match (&target.state_dir, &target.namespace) {
         (Some(dir), _) => Ok(Mode::Standalone(dir.clone())),
         (None, Some(ns)) => Ok(Mode::Kubernetes(ns.clone())),
