@@ -448,6 +448,8 @@ async fn the_chart_proxy_rules_are_enough_to_serve_a_link() {
             ca_secret: names::CA_SECRET.into(),
             pod_name: "rbac-proxy".into(),
             listener: Some(listener),
+            proxy_protocol_listener: None,
+            scope: portcullis::scope::Scope::Cluster,
             admin: admin_listener,
             seen_flush: portcullis::proxy::seen::FLUSH_EVERY,
             settings: portcullis::proxy::Settings::default(),

@@ -59,6 +59,8 @@ pub struct Config {
     pub ca_secret: String,
     /// This replica's identity as Lease holder (the pod name).
     pub identity: String,
+    /// The namespaces whose ClientIdentities and ProtectedRoutes it reconciles.
+    pub scope: crate::scope::Scope,
 }
 
 impl Config {
@@ -68,6 +70,7 @@ impl Config {
             namespace: namespace.into(),
             ca_secret: names::CA_SECRET.to_owned(),
             identity: identity.into(),
+            scope: crate::scope::Scope::Cluster,
         }
     }
 }

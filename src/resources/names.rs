@@ -42,6 +42,10 @@ pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "portcullis";
+/// Label a user puts (value `true`) on a Secret named in a ProtectedRoute's
+/// `serverCertificate.secretName`: the data plane watches only labelled Secrets, so it
+/// caches no Secret of the cluster that it does not serve from.
+pub const SERVER_CERTIFICATE_LABEL: &str = "portcullis.dev/server-certificate";
 /// Label on an identity Secret naming its ClientIdentity.
 pub const IDENTITY_LABEL: &str = "portcullis.dev/identity";
 /// Label on a server certificate Secret naming its ProtectedRoute.
@@ -58,6 +62,11 @@ pub const CRL_LEDGER_ANNOTATION: &str = "portcullis.dev/crl-ledger-sha256";
 /// The label selector of the Secrets the controller writes.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+}
+
+/// The label selector of users' server certificate Secrets.
+pub fn server_certificate_selector() -> String {
+    format!("{SERVER_CERTIFICATE_LABEL}=true")
 }
 
 /// The Secret holding a ClientIdentity's device files, in its namespace.
