@@ -432,23 +432,48 @@ fn proxy_protocol_only_from_traefik(docs: &[Value]) {
     );
 }
 
-/// The names of the metrics the gate exports (src/telemetry.rs), with counter suffixes.
+/// The names of the metrics the gate exports (src/telemetry.rs), as scraped: one sample
+/// in every labelled family, since a family without samples is not encoded.
 fn exported_metric_names() -> std::collections::BTreeSet<String> {
-    let metrics = portcullis::telemetry::Metrics::default();
+    use portcullis::telemetry::*;
+    let metrics = Metrics::default();
+    let failure = FailureLabels { reason: "x" };
+    let identity = "home/phone".to_owned();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: "r".into(),
+            admission: "denied",
+            reason: "x",
+        })
+        .inc();
+    metrics.handshake_failures.get_or_create(&failure).inc();
+    metrics.config_reloads.get_or_create(&failure).inc();
+    metrics.enrollment_refusals.get_or_create(&failure).inc();
+    metrics
+        .cert_expiry
+        .get_or_create(&CertLabels {
+            kind: "ca",
+            name: "x".into(),
+        })
+        .set(1);
+    metrics
+        .device_cert_expiry
+        .get_or_create(&DeviceCertLabels {
+            identity: identity.clone(),
+            serial: "0a".into(),
+        })
+        .set(1);
+    metrics
+        .renewal_pending
+        .get_or_create(&IdentityLabels { identity })
+        .set(1);
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    // Families without samples are listed in # TYPE lines.
-    portcullis::telemetry::Metrics::encode(&registry)
+    Metrics::encode(&registry)
         .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .flat_map(|l| {
-            let (name, kind) = l.split_once(' ').unwrap();
-            let mut names = vec![name.to_owned()];
-            if kind == "counter" {
-                names.push(format!("{name}_total"));
-            }
-            names
-        })
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
         .collect()
 }
 
