@@ -368,7 +368,7 @@ async fn enrolled_event(admin: &Client, ns: &str, name: &str) {
     .await;
 }
 
-/// The rules helm/portcullis/templates/rbac.yaml renders with `operator.role=proxy`
+/// The rules helm/portcullis/templates/rbac.yaml renders for the proxy workload
 /// (copied, like tests/operator.rs's `chart_rbac`; tests/helm.rs checks the chart).
 fn chart_proxy_rules(name: &str) -> ClusterRole {
     let mut rules = chart_data_plane_rules();
