@@ -17,6 +17,7 @@ pub mod operator;
 pub mod pki;
 pub mod proxy;
 pub mod resources;
+pub mod scope;
 pub mod snapshot;
 pub mod sources;
 pub mod state;

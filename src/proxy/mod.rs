@@ -91,6 +91,15 @@ pub struct Settings {
     pub sightings: Arc<Sightings>,
 }
 
+/// Every IPv4 and IPv6 peer: on a listener only the ingress proxy can reach, every
+/// connection must open with a PROXY protocol header.
+pub fn everyone() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(ipnet::Ipv4Net::default()),
+        IpNet::V6(ipnet::Ipv6Net::default()),
+    ]
+}
+
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
     let ip = canonical_ip(ip);
     nets.iter().any(|net| net.contains(&ip))
