@@ -792,13 +792,18 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// Every documented option's manifests, CRDs included, apply server-side to a real API
-/// server (with stand-in CRDs for ServiceMonitor and IngressRouteTCP).
+/// server (with Traefik 3's real CRDs, tests/vendor/, and a stand-in for ServiceMonitor's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_manifests_apply_to_a_real_api_server() {
     let env = Envtest::start();
     let admin = env.client().await;
-    let stubs = std::fs::read_to_string(manifest_dir().join("tests/helm/stub-crds.yaml")).unwrap();
-    apply(&admin, &documents(&stubs)).await.unwrap();
+    for crds in [
+        "tests/helm/stub-crds.yaml",
+        "tests/vendor/traefik-v3-crds.yaml",
+    ] {
+        let yaml = std::fs::read_to_string(manifest_dir().join(crds)).unwrap();
+        apply(&admin, &documents(&yaml)).await.unwrap();
+    }
     for (i, (name, extra, _)) in options().into_iter().enumerate() {
         let ns = format!("apply-{i}");
         let yaml = template_in(&ns, &extra).unwrap();
