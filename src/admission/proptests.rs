@@ -100,7 +100,7 @@ fn path() -> impl Strategy<Value = String> {
 
 fn cookie() -> impl Strategy<Value = GenCookie> {
     prop_oneof![
-        4 => (0..KEYS.len(), 0..IDENTITIES + 2, any::<bool>(), -50i64..50).prop_map(
+        6 => (0..KEYS.len(), 0..IDENTITIES + 1, proptest::bool::weighted(0.2), -50i64..50).prop_map(
             |(key, serial, other_host, expires)| GenCookie::Minted { key, serial, other_host, expires }
         ),
         1 => "[ -~]{0,40}".prop_map(GenCookie::Text),
@@ -109,11 +109,8 @@ fn cookie() -> impl Strategy<Value = GenCookie> {
 }
 
 fn identity() -> impl Strategy<Value = Identity> {
-    (any::<bool>(), 0..ROOMS.len(), -50i64..50).prop_map(|(live, room, ends)| Identity {
-        live,
-        room,
-        ends,
-    })
+    (proptest::bool::weighted(0.8), 0..ROOMS.len(), -50i64..50)
+        .prop_map(|(live, room, ends)| Identity { live, room, ends })
 }
 
 fn world() -> impl Strategy<Value = World> {
@@ -121,13 +118,13 @@ fn world() -> impl Strategy<Value = World> {
         proptest::collection::vec(identity(), IDENTITIES),
         proptest::sample::subsequence(vec![0usize, 1], 1..=2),
         proptest::option::of(0..ROOMS.len()),
-        any::<bool>(),
+        proptest::bool::weighted(0.8),
         proptest::option::of(proptest::sample::subsequence(
             vec![Method::GET, Method::POST],
             0..=2,
         )),
         (method(), path()),
-        proptest::option::of(0..IDENTITIES + 2),
+        proptest::option::weighted(0.5, 0..IDENTITIES + 2),
         proptest::collection::vec(cookie(), 0..4),
         -50i64..50,
     )
@@ -273,7 +270,7 @@ impl World {
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 256,
+        cases: 512,
         // A failure prints its minimal case; nothing is written into the source tree.
         failure_persistence: None,
         ..ProptestConfig::default()
