@@ -112,7 +112,7 @@ pub async fn handle(
         );
         return Ok(denied(&req, reason));
     }
-    conn::saw(&shared, &conn, &decision, now);
+    conn::saw(&shared, &conn, &decision, &host, now);
     let set_cookie = earned_cookie(&decision, &snapshot, &route, &conn, &host, now);
     drop(snapshot);
 

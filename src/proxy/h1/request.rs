@@ -171,7 +171,7 @@ fn plan(
     if let Decision::Deny(_) = decision {
         return None; // hyper answers, counts and logs the refusal.
     }
-    conn::saw(shared, conn, &decision, now);
+    conn::saw(shared, conn, &decision, &host, now);
     let set_cookie = earned_cookie(&decision, snapshot, route, conn, &host, now);
 
     out.clear();

@@ -65,6 +65,7 @@ fn conn(shared: &Shared) -> ConnInfo {
         peer: client,
         client_cert: Some([1; 32]),
         sni: Some(HOST.into()),
+        seen_hosts: None,
         open: Arc::new(Open::new(&shared.metrics.open_connections, slot)),
         cookie_mint: CookieMint::default(),
     }
