@@ -9,6 +9,7 @@
 //! reads the newest one, so a reload never touches the data plane's code paths.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admission;
 pub mod controller;
 pub mod enroll;

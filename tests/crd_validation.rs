@@ -107,6 +107,15 @@ async fn invalid_objects_are_refused_at_apply_time() {
             SERVER_CERTIFICATE_MESSAGE,
         ),
         (
+            "a Secret and files",
+            route(
+                "r3f",
+                json!({"serverCertificate": {"secretName": "ha-tls",
+                       "files": {"certificate": "/ssl/fullchain.pem", "key": "/ssl/privkey.pem"}}}),
+            ),
+            SERVER_CERTIFICATE_MESSAGE,
+        ),
+        (
             "host with a port",
             route("r4", json!({"hosts": ["ha.example.org:8443"]})),
             HOSTS_MESSAGE,
@@ -188,6 +197,12 @@ async fn invalid_objects_are_refused_at_apply_time() {
             "v2",
             json!({"upstream": {"service": {"name": "ha", "port": 8123}},
                    "serverCertificate": {"secretName": "ha-tls"}}),
+        ),
+        // Accepted by the schema (standalone uses it); the controller refuses it in status.
+        route(
+            "v4",
+            json!({"serverCertificate": {"files": {"certificate": "/ssl/fullchain.pem",
+                                                   "key": "/ssl/privkey.pem"}}}),
         ),
         identity(
             "v3",

@@ -66,8 +66,8 @@ pub struct ServiceRef {
     pub port: u16,
 }
 
-/// Where the server certificate comes from: `issue` or `secretName`, not both (neither
-/// means `issue`).
+/// Where the server certificate comes from: at most one of `issue`, `secretName` and
+/// `files` (none means `issue`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = super::schema::server_certificate)]
@@ -79,12 +79,35 @@ pub struct ServerCertificate {
     /// reloaded when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// Standalone only: read the certificate chain and its key from these PEM files, e.g.
+    /// the Let's Encrypt or DuckDNS add-on's `/ssl/fullchain.pem` and `/ssl/privkey.pem`;
+    /// reloaded when either changes. Refused in Kubernetes (use `secretName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<CertificateFiles>,
 }
 
 impl ServerCertificate {
     fn is_default(&self) -> bool {
         self == &Self::default()
     }
+
+    /// Whether the Portcullis CA mints the certificate (neither `secretName` nor `files`):
+    /// then a phone does not trust it.
+    pub fn is_minted(&self) -> bool {
+        self.secret_name.is_none() && self.files.is_none()
+    }
+}
+
+/// A certificate and its key in PEM files (paths relative to the config file's directory).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first, e.g. `/ssl/fullchain.pem`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub certificate: String,
+    /// The leaf's private key (PKCS#8, SEC1 or PKCS#1 PEM), e.g. `/ssl/privkey.pem`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: String,
 }
 
 /// Options for a minted server certificate (none yet).

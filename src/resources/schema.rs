@@ -21,7 +21,8 @@ pub const DURATION_MESSAGE: &str = "must be whole numbers with a unit d, h, m or
 pub const UPSTREAM_MESSAGE: &str = "set exactly one of `service` (a Service in this \
      namespace: {name, port}) or `url` (http://HOST:PORT)";
 /// Message of the rule on `spec.serverCertificate`.
-pub const SERVER_CERTIFICATE_MESSAGE: &str = "set either `issue: {}` or `secretName`, not both";
+pub const SERVER_CERTIFICATE_MESSAGE: &str =
+    "set at most one of `issue: {}`, `secretName` or `files: {certificate, key}`";
 /// Message of the rule on `spec.hosts`.
 pub const HOSTS_MESSAGE: &str = "each host must be a DNS name or an IP address, without \
      scheme, port, path or wildcard, e.g. ha.example.org";
@@ -81,11 +82,12 @@ pub fn upstream(schema: &mut Schema) {
     );
 }
 
-/// `serverCertificate`: at most one of `issue`, `secretName` (neither means `issue`).
+/// `serverCertificate`: at most one of `issue`, `secretName`, `files` (none means `issue`).
 pub fn server_certificate(schema: &mut Schema) {
     rule(
         schema,
-        "!(has(self.issue) && has(self.secretName))".into(),
+        "(has(self.issue) ? 1 : 0) + (has(self.secretName) ? 1 : 0) + (has(self.files) ? 1 : 0) <= 1"
+            .into(),
         SERVER_CERTIFICATE_MESSAGE,
     );
 }

@@ -37,6 +37,7 @@ use super::routes::resolve;
 use crate::pki::previous::{PREVIOUS_CRT, parse_previous};
 use crate::pki::{canonical_serial, parse_ledger_json};
 use crate::resources::names;
+use crate::resources::validate::cluster_route_problems;
 use crate::resources::{ClientIdentity, Instance, ProtectedRoute};
 use crate::scope::Scope;
 use crate::snapshot::{RouteSource, Snapshot, SnapshotParts};
@@ -467,6 +468,11 @@ fn route_source(stores: &Stores, route: &ProtectedRoute) -> Result<RouteSource> 
         spec.upstream.url = Some(format!("http://{}.{namespace}.svc:{}", svc.name, svc.port));
     }
     let resolved = resolve(&format!("{namespace}/{name}"), &spec)?;
+    if let Some(problem) = cluster_route_problems(&spec).first() {
+        return Err(Error::Config(format!(
+            "ProtectedRoute {namespace}/{name}: {problem}"
+        )));
+    }
     let secret_name = spec
         .server_certificate
         .secret_name
