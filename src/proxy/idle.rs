@@ -54,7 +54,9 @@ impl Body for RequestBody {
                 if let Some(timer) = &mut this.timer {
                     timer.as_mut().reset(Instant::now() + this.timeout);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                // An error here is the client's (its body broke the framing, or it went
+                // away): marked so it is not mistaken for the upstream failing.
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(BadClientBody(e)) as _)))
             }
             Poll::Pending => {
                 let timeout = this.timeout;
@@ -78,11 +80,26 @@ impl Body for RequestBody {
     }
 }
 
+/// The client's request body failed as hyper read it: invalid chunked framing, a body
+/// shorter than its `Content-Length`, an HTTP/2 stream reset.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body: {0}")]
+pub struct BadClientBody(#[source] hyper::Error);
+
 /// Whether `error` (or anything it wraps) is a stalled request body.
 pub fn is_body_stall(error: &(dyn StdError + 'static)) -> bool {
+    wraps::<BodyStalled>(error)
+}
+
+/// Whether `error` (or anything it wraps) is the client's request body failing.
+pub fn is_bad_client_body(error: &(dyn StdError + 'static)) -> bool {
+    wraps::<BadClientBody>(error)
+}
+
+fn wraps<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(e) = source {
-        if e.is::<BodyStalled>() {
+        if e.is::<E>() {
             return true;
         }
         source = e.source();

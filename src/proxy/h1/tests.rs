@@ -31,6 +31,7 @@ fn snapshot() -> Snapshot {
             ttl: Duration::from_secs(3600),
         }),
         bypass: Vec::new(),
+        headers: Default::default(),
     };
     let alice = LiveCert {
         identity: "alice".into(),
