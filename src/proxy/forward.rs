@@ -136,8 +136,9 @@ pub async fn handle(
         }
         // The client's body broke its framing (a malformed chunk) or stopped short: the
         // client's fault, not the upstream's, and no sign of an upstream outage.
-        Err(e) if idle::is_bad_client_body(&e) => {
-            tracing::info!(route = %route.name, client = %conn.client.ip(), error = %e, "client error: malformed request body");
+        Err(e) if idle::bad_client_body(&e).is_some() => {
+            let error = idle::bad_client_body(&e).map(ToString::to_string);
+            tracing::info!(route = %route.name, client = %conn.client.ip(), error = error.unwrap_or_default(), "client error: malformed request body");
             let mut resp = plain(StatusCode::BAD_REQUEST, BAD_BODY);
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -158,7 +159,7 @@ pub async fn handle(
             let to = resp.headers().get(header::UPGRADE);
             tracing::warn!(
                 route = %route.name, upstream = %route.upstream, upgrade = ?to,
-                asked = upgrade, "upstream switched protocols to something other than the WebSocket the client asked for; not tunnelling"
+                client_asked_websocket = upgrade, "upstream answered 101 but not with the WebSocket the client asked for; answering 502, not tunnelling"
             );
             let mut resp = plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE);
             resp.headers_mut()
