@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use portcullis::resources::schema::{
     COMMON_NAME_MESSAGE, DURATION_MESSAGE, HOSTS_MESSAGE, SERVER_CERTIFICATE_MESSAGE,
-    UPSTREAM_MESSAGE,
+    STRIP_HEADERS_MESSAGE, UPSTREAM_MESSAGE,
 };
 use serde_json::{Value, json};
 
@@ -144,6 +144,16 @@ async fn invalid_objects_are_refused_at_apply_time() {
             DURATION_MESSAGE,
         ),
         (
+            "strip header with a space",
+            route("r9", json!({"stripHeaders": ["X-Ok", "X Bad"]})),
+            STRIP_HEADERS_MESSAGE,
+        ),
+        (
+            "strip header with a * inside",
+            route("r10", json!({"stripHeaders": ["X-*-User"]})),
+            STRIP_HEADERS_MESSAGE,
+        ),
+        (
             "blank commonName",
             identity("i1", json!({"commonName": "  "})),
             COMMON_NAME_MESSAGE,
@@ -207,6 +217,10 @@ async fn invalid_objects_are_refused_at_apply_time() {
         identity(
             "v3",
             json!({"commonName": "x".repeat(64), "renewBefore": "30d"}),
+        ),
+        route(
+            "v4",
+            json!({"stripHeaders": ["X-Home-User", "x_corp_*"], "allowUnderscoreHeaders": true}),
         ),
     ];
     for doc in &valid {

@@ -160,6 +160,7 @@ impl World {
             name: "home-assistant".into(),
             hosts: vec![HOST.into()],
             upstream: "127.0.0.1:8123".parse().expect("address"),
+            headers: Default::default(),
             selector: self.selector.map(|room| {
                 let labels = LabelSelector {
                     match_labels: Some(BTreeMap::from([(

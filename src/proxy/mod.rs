@@ -12,6 +12,7 @@
 mod admin;
 mod conn;
 mod enroll;
+mod foreign;
 mod forward;
 mod h1;
 mod headers;

@@ -40,6 +40,18 @@ pub struct ProtectedRouteSpec {
     /// webhooks. Empty by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bypass: Vec<BypassRule>,
+    /// More request headers the gate removes before the upstream, beside its built-in list
+    /// (other proxies' client-certificate headers, forward-auth user headers such as
+    /// `X-Forwarded-User` or `Remote-User`): names like `X-Home-User`, or prefixes with a
+    /// trailing `*` like `X-Corp-*`. Case and `_`/`-` do not matter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = super::schema::strip_headers)]
+    pub strip_headers: Vec<String>,
+    /// Forward request headers whose names contain `_`. Default false: they are dropped,
+    /// as nginx does, because many stacks read `X_Name` as `X-Name`. Even when true, an
+    /// underscore spelling of a header the gate sets or strips is dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_underscore_headers: bool,
 }
 
 /// The upstream service: a Kubernetes Service (operator) or a URL (standalone); exactly

@@ -77,6 +77,7 @@ pub fn route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
     for (i, rule) in spec.bypass.iter().enumerate() {
         bypass_problems(&format!("spec.bypass[{i}]"), rule, &mut out);
     }
+    strip_headers_problems(&spec.strip_headers, &mut out);
     out
 }
 
@@ -93,6 +94,32 @@ pub fn cluster_route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
         ));
     }
     out
+}
+
+/// `stripHeaders`: header names, or prefixes ending in `*`.
+fn strip_headers_problems(patterns: &[String], out: &mut Vec<Problem>) {
+    use super::schema::{MAX_HEADER_NAME_LEN, MAX_STRIP_HEADERS};
+    if patterns.len() > MAX_STRIP_HEADERS {
+        out.push(Problem::new(
+            "spec.stripHeaders",
+            format!("has more than {MAX_STRIP_HEADERS} entries; use prefixes ending in *"),
+        ));
+    }
+    for (i, pattern) in patterns.iter().enumerate() {
+        let name = pattern.strip_suffix('*').unwrap_or(pattern);
+        if name.is_empty()
+            || name.len() > MAX_HEADER_NAME_LEN
+            || !name.bytes().all(|b| b != b'*' && is_tchar(b))
+        {
+            out.push(Problem::new(
+                format!("spec.stripHeaders[{i}]"),
+                format!(
+                    "{pattern:?} is not a header name; write e.g. X-Home-User, or X-Corp-* \
+                     for every name starting with X-Corp- (a * only at the end)"
+                ),
+            ));
+        }
+    }
 }
 
 /// Every problem of a ClientIdentity spec.

@@ -18,6 +18,8 @@ fn route() -> ProtectedRouteSpec {
             path_prefix: "/api/webhook/".into(),
             methods: Some(vec!["POST".into()]),
         }],
+        strip_headers: vec!["X-Home-User".into(), "X-Corp-*".into()],
+        allow_underscore_headers: false,
     }
 }
 
@@ -348,4 +350,24 @@ fn durations_follow_the_shared_table() {
             "{text:?}"
         );
     }
+}
+
+#[test]
+fn strip_headers_are_names_or_prefixes() {
+    assert!(route_problems(&route()).is_empty());
+    let mut spec = route();
+    spec.strip_headers = vec![
+        "*".into(),
+        "X-A*B".into(),
+        "X Space".into(),
+        "".into(),
+        "X-Ok".into(),
+        "X:Colon".into(),
+    ];
+    let fields: Vec<String> = route_problems(&spec).into_iter().map(|p| p.field).collect();
+    let want: Vec<String> = [0, 1, 2, 3, 5]
+        .iter()
+        .map(|i| format!("spec.stripHeaders[{i}]"))
+        .collect();
+    assert_eq!(fields, want);
 }

@@ -277,3 +277,30 @@ fn unreadable_file_is_one_problem() {
         "{err}"
     );
 }
+
+#[test]
+fn strip_headers_and_the_underscore_opt_out_reach_the_route() {
+    let text =
+        format!("{ROUTE}  stripHeaders: [X-Home-User, X_Corp_*]\n  allowUnderscoreHeaders: true\n");
+    let config = parse(&text).unwrap();
+    let route = crate::sources::routes::resolve("ha", &config.routes[0].spec).unwrap();
+    let strip: Vec<(&str, bool)> = route
+        .headers
+        .strip
+        .iter()
+        .map(|p| (p.name.as_str(), p.prefix))
+        .collect();
+    assert_eq!(strip, [("x-home-user", false), ("x-corp-", true)]);
+    assert!(route.headers.allow_underscores);
+    let defaults = crate::sources::routes::resolve("ha", &parse(ROUTE).unwrap().routes[0].spec)
+        .unwrap()
+        .headers;
+    assert_eq!(defaults, Default::default());
+
+    let found = problems(&format!("{ROUTE}  stripHeaders: [\"X Bad\"]\n"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("spec.stripHeaders[0]") && found[0].contains("not a header name"),
+        "{found:?}"
+    );
+}
