@@ -39,8 +39,8 @@ PUMP_PORT=$((BASE + 4))
 HOST=bench.test
 CLK_TCK=$(getconf CLK_TCK)
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # --- prerequisites -------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)" # 1,000 WebSockets need ~3,000 descriptors across the processes
@@ -72,11 +72,7 @@ LOADGEN=$TARGET_DIR/release/examples/loadgen
 [ -x "$PORTCULLIS" ] || die "$PORTCULLIS missing"
 [ -x "$LOADGEN" ] || die "$LOADGEN missing"
 
-for port in $UP_PORT $PC_PORT $NG_PORT $ADMIN_PORT $PUMP_PORT; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        die "port $port is busy; set BENCH_PORT_BASE"
-    fi
-done
+port_free $UP_PORT $PC_PORT $NG_PORT $ADMIN_PORT $PUMP_PORT
 
 WORK=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
 STATE=$WORK/state
@@ -87,135 +83,10 @@ mkdir -p "$WORK/bin"
 cp "$PORTCULLIS" "$LOADGEN" "$WORK/bin/"
 PORTCULLIS=$WORK/bin/portcullis
 LOADGEN=$WORK/bin/loadgen
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
 trap cleanup EXIT
 
-wait_port() { # port seconds
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# Sum of VmRSS (KiB) over the given PIDs.
-rss_kib() {
-    local pid sum=0 v
-    for pid in "$@"; do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-        sum=$((sum + ${v:-0}))
-    done
-    echo "$sum"
-}
-
-load1() { cut -d' ' -f1 /proc/loadavg; }
-
-wait_for_quiet() {
-    local waited=0
-    until awk -v l="$(load1)" -v m="$MAX_LOAD" 'BEGIN { exit !(l < m) }'; do
-        if ((waited >= LOAD_WAIT)); then
-            log "load $(load1) still >= $MAX_LOAD after ${LOAD_WAIT}s; measuring anyway (noted)"
-            return
-        fi
-        ((waited == 0)) && log "load $(load1) >= $MAX_LOAD: waiting for other work to calm down"
-        sleep 10
-        waited=$((waited + 10))
-    done
-}
-
-record() { # json-object-fields...
-    echo "{$*}" >>"$RESULTS"
-}
-
-# --- the upstream both servers proxy to ------------------------------------------------------
-"$LOADGEN" upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
-PIDS+=($!)
-wait_port "$UP_PORT" 10 || die "upstream did not start"
-
-# --- portcullis config and its state (CA, server and device certificates, CRL) ---------------
-write_config() { # old-phone revoked: true|false
-    cat >"$WORK/portcullis.yaml.new" <<EOF
-# Benchmark installation: one route, two devices. The second is revoked after its first
-# certificate was issued, so the CRL that nginx checks lists a serial, as in a real
-# installation that has retired a device.
-apiVersion: portcullis.dev/v1alpha1
-kind: ProtectedRoute
-metadata:
-  name: bench
-spec:
-  hosts: [$HOST]
-  upstream:
-    url: http://127.0.0.1:$UP_PORT
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: laptop
-spec:
-  keyAlgorithm: ECDSA-P256
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ClientIdentity
-metadata:
-  name: old-phone
-spec:
-  keyAlgorithm: ECDSA-P256
-  revoked: $1
-EOF
-    mv "$WORK/portcullis.yaml.new" "$WORK/portcullis.yaml"
-}
-write_config false
-
-start_portcullis() {
-    "$PORTCULLIS" standalone --config "$WORK/portcullis.yaml" --state-dir "$STATE" \
-        --listen "127.0.0.1:$PC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-        >>"$WORK/portcullis.log" 2>&1 &
-    SERVER_PID=$!
-    PIDS+=($SERVER_PID)
-    if ! wait_port "$PC_PORT" 60; then
-        tail -20 "$WORK/portcullis.log" >&2
-        die "portcullis did not start"
-    fi
-    SERVER_PIDS=("$SERVER_PID")
-}
-
-stop_server() {
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 50; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null || return 0
-        sleep 0.1
-    done
-}
-
-log "minting state with portcullis standalone"
-start_portcullis
-for f in ca/tls.crt crl.pem routes/bench/tls.crt routes/bench/tls.key \
-    identities/laptop/tls.crt identities/laptop/tls.key identities/laptop/ca.crt \
-    identities/old-phone/tls.crt; do
-    for ((i = 0; i < 100; i++)); do [ -s "$STATE/$f" ] && break; sleep 0.1; done
-    [ -s "$STATE/$f" ] || die "portcullis did not write $STATE/$f"
-done
-crl_before=$(cksum <"$STATE/crl.pem")
-write_config true # the file watcher revokes old-phone and republishes the CRL
-for ((i = 0; i < 150; i++)); do
-    [ "$(cksum <"$STATE/crl.pem")" != "$crl_before" ] && break
-    sleep 0.1
-done
-[ "$(cksum <"$STATE/crl.pem")" != "$crl_before" ] || die "the CRL did not change after revoking old-phone"
-if command -v openssl >/dev/null; then
-    log "CRL: $(openssl crl -in "$STATE/crl.pem" -noout -text | grep -c 'Serial Number') revoked serial(s)"
-fi
-stop_server "$PC_PORT"
+start_upstream
+mint_state
 
 # --- nginx with the same certificates ----------------------------------------------------------
 mkdir -p "$WORK/nginx/tmp"
@@ -293,14 +164,6 @@ start_nginx() {
 }
 
 # --- measurements --------------------------------------------------------------------------------
-lg() { # server port mode args...
-    local server=$1 port=$2 mode=$3
-    shift 3
-    "$LOADGEN" "$mode" --addr "127.0.0.1:$port" --sni "$HOST" \
-        --ca "$STATE/ca/tls.crt" --cert "$STATE/identities/laptop/tls.crt" \
-        --key "$STATE/identities/laptop/tls.key" --label "$server" \
-        --server-pids "$(IFS=,; echo "${SERVER_PIDS[*]}")" --clk-tck "$CLK_TCK" "$@"
-}
 
 measure() { # server rep
     local server=$1 rep=$2 port out
@@ -315,7 +178,7 @@ measure() { # server rep
     out=$(lg "$server" "$port" handshakes --duration "$DURATION" --concurrency "$HS_CONC")
     # The load before the memory reading; the handshake figures are taken in pairs below.
     out=${out/\"mode\":\"handshakes\"/\"mode\":\"handshakes_alone\"}
-    record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
+    record_lg "$server" "$rep" "$out"
     sleep 2 # let closed connections drain before reading memory
     record "\"server\":\"$server\",\"rep\":$rep,\"mode\":\"after_handshakes\",\"server_rss_kib\":$(rss_kib "${SERVER_PIDS[@]}")"
 
@@ -323,13 +186,13 @@ measure() { # server rep
     log "$server #$rep: handshake soak ($DURATION more)"
     out=$(lg "$server" "$port" handshakes --duration "$DURATION" --concurrency "$HS_CONC")
     out=${out/\"mode\":\"handshakes\"/\"mode\":\"handshakes_soak\"}
-    record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
+    record_lg "$server" "$rep" "$out"
     sleep 2
     record "\"server\":\"$server\",\"rep\":$rep,\"mode\":\"after_soak\",\"server_rss_kib\":$(rss_kib "${SERVER_PIDS[@]}")"
 
     log "$server #$rep: $WS_COUNT WebSockets held $WS_HOLD"
     out=$(lg "$server" "$port" websockets --count "$WS_COUNT" --hold "$WS_HOLD")
-    record "\"server\":\"$server\",\"rep\":$rep,\"load1\":$(load1),${out:1:${#out}-2}"
+    record_lg "$server" "$rep" "$out"
 
     stop_server "$port"
 }
@@ -374,13 +237,13 @@ for ((pair = 1; pair <= PAIRS; pair++)); do
     for server in $order; do
         turn_of "$server"
         out=$(lg "$server" "$port" requests --duration "$PAIR_DURATION" --connections "$REQ_CONNS")
-        record "\"server\":\"$server\",\"rep\":$pair,\"load1\":$(load1),${out:1:${#out}-2}"
+        record_lg "$server" "$pair" "$out"
     done
     for server in $order; do
         [ "$server" = pump ] && continue # no client certificates: no floor for a handshake
         turn_of "$server"
         out=$(lg "$server" "$port" handshakes --duration "$PAIR_DURATION" --concurrency "$HS_CONC")
-        record "\"server\":\"$server\",\"rep\":$pair,\"load1\":$(load1),${out:1:${#out}-2}"
+        record_lg "$server" "$pair" "$out"
     done
 done
 SERVER_PID=$PC_PID stop_server "$PC_PORT"

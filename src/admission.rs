@@ -219,4 +219,6 @@ fn is_canonical_path(path: &str) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 //! reads the newest one, so a reload never touches the data plane's code paths.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admission;
 pub mod backup;
 pub mod controller;
@@ -18,6 +19,7 @@ pub mod operator;
 pub mod pki;
 pub mod proxy;
 pub mod resources;
+pub mod scope;
 pub mod snapshot;
 pub mod sources;
 pub mod state;

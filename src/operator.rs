@@ -41,6 +41,12 @@ pub struct Options {
     pub instance: crate::resources::Instance,
     /// The data plane's TLS listener (unused by the controller role).
     pub listener: Option<TcpListener>,
+    /// A second data-plane listener where every connection must open with a PROXY
+    /// protocol header (the port only the ingress proxy may reach); the main listener then
+    /// needs no PROXY peers at all.
+    pub proxy_protocol_listener: Option<TcpListener>,
+    /// The namespaces watched (routes, identities, Enrollments, their Secrets).
+    pub scope: crate::scope::Scope,
     /// Health and metrics.
     pub admin: TcpListener,
     /// How often the data plane reports what it saw to ClientIdentity status.
@@ -66,7 +72,11 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
         if settings.enrollments.is_none() {
             // Enrollment links: `Enrollment` objects, claimed with an optimistic-concurrency
             // status write (see sources::cluster_enroll); no Secret access needed.
-            let store = Arc::new(ClusterEnrollments::new(client.clone(), &opts.pod_name));
+            let store = Arc::new(ClusterEnrollments::in_scope(
+                client.clone(),
+                &opts.pod_name,
+                opts.scope.clone(),
+            ));
             settings.enrollments = Some(Arc::new(Enrollments::new(store.clone())));
             tasks.spawn(cluster_enroll::sweep_every(
                 store,
@@ -78,6 +88,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             namespace: opts.namespace.clone(),
             ca_secret: opts.ca_secret.clone(),
             instance: opts.instance.clone(),
+            scope: opts.scope.clone(),
         };
         tasks.spawn(cluster::run(
             client.clone(),
@@ -95,6 +106,18 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             opts.seen_flush,
             shutdown.clone(),
         ));
+        if let Some(proxied) = opts.proxy_protocol_listener {
+            tasks.spawn(proxy::serve(
+                proxied,
+                rx.clone(),
+                proxy::Settings {
+                    proxy_protocol_from: proxy::everyone(),
+                    ..settings.clone()
+                },
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(proxy::serve(
             listener,
             rx.clone(),
@@ -127,6 +150,7 @@ pub async fn run(client: kube::Client, opts: Options, shutdown: CancellationToke
             ca_secret: opts.ca_secret,
             identity: opts.pod_name,
             instance: opts.instance,
+            scope: opts.scope,
         };
         let (client, shutdown) = (client.clone(), shutdown.clone());
         tasks.spawn(async move {

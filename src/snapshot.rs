@@ -83,6 +83,51 @@ pub struct Route {
     /// `None`: cookie fallback off.
     pub cookie: Option<CookiePolicy>,
     pub bypass: Vec<Bypass>,
+    /// Which client request headers never reach the upstream beyond the built-in ones.
+    pub headers: HeaderPolicy,
+}
+
+/// A route's additions to the request headers the gate strips (`stripHeaders`,
+/// `allowUnderscoreHeaders`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderPolicy {
+    /// More names to strip, folded (lowercase, `_` as `-`).
+    pub strip: Vec<HeaderPattern>,
+    /// Forward names containing `_` (dropped by default, as nginx does).
+    pub allow_underscores: bool,
+}
+
+/// A header name, or a name prefix (written with a trailing `*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderPattern {
+    /// Folded: lowercase, `_` written as `-`.
+    pub name: String,
+    /// Matches every name starting with `name`.
+    pub prefix: bool,
+}
+
+impl HeaderPattern {
+    /// Parses `X-Name` or `X-Prefix-*`; the caller has validated the name.
+    pub fn parse(pattern: &str) -> HeaderPattern {
+        let (name, prefix) = match pattern.strip_suffix('*') {
+            Some(name) => (name, true),
+            None => (pattern, false),
+        };
+        let name = name
+            .bytes()
+            .map(|b| char::from(fold(b)))
+            .collect::<String>();
+        HeaderPattern { name, prefix }
+    }
+}
+
+/// A header-name byte as the gate compares names: lowercase, with `_` read as `-`, the
+/// way CGI/WSGI-style stacks read them.
+pub const fn fold(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
 }
 
 impl Route {

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use portcullis::resources::schema::{
     COMMON_NAME_MESSAGE, DURATION_MESSAGE, HOSTS_MESSAGE, SERVER_CERTIFICATE_MESSAGE,
-    UPSTREAM_MESSAGE,
+    STRIP_HEADERS_MESSAGE, UPSTREAM_MESSAGE,
 };
 use serde_json::{Value, json};
 
@@ -107,6 +107,15 @@ async fn invalid_objects_are_refused_at_apply_time() {
             SERVER_CERTIFICATE_MESSAGE,
         ),
         (
+            "a Secret and files",
+            route(
+                "r3f",
+                json!({"serverCertificate": {"secretName": "ha-tls",
+                       "files": {"certificate": "/ssl/fullchain.pem", "key": "/ssl/privkey.pem"}}}),
+            ),
+            SERVER_CERTIFICATE_MESSAGE,
+        ),
+        (
             "host with a port",
             route("r4", json!({"hosts": ["ha.example.org:8443"]})),
             HOSTS_MESSAGE,
@@ -133,6 +142,16 @@ async fn invalid_objects_are_refused_at_apply_time() {
                 json!({"clientAuth": {"cookieFallback": {"ttl": "1 h"}}}),
             ),
             DURATION_MESSAGE,
+        ),
+        (
+            "strip header with a space",
+            route("r9", json!({"stripHeaders": ["X-Ok", "X Bad"]})),
+            STRIP_HEADERS_MESSAGE,
+        ),
+        (
+            "strip header with a * inside",
+            route("r10", json!({"stripHeaders": ["X-*-User"]})),
+            STRIP_HEADERS_MESSAGE,
         ),
         (
             "blank commonName",
@@ -189,9 +208,19 @@ async fn invalid_objects_are_refused_at_apply_time() {
             json!({"upstream": {"service": {"name": "ha", "port": 8123}},
                    "serverCertificate": {"secretName": "ha-tls"}}),
         ),
+        // Accepted by the schema (standalone uses it); the controller refuses it in status.
+        route(
+            "v4",
+            json!({"serverCertificate": {"files": {"certificate": "/ssl/fullchain.pem",
+                                                   "key": "/ssl/privkey.pem"}}}),
+        ),
         identity(
             "v3",
             json!({"commonName": "x".repeat(64), "renewBefore": "30d"}),
+        ),
+        route(
+            "v4",
+            json!({"stripHeaders": ["X-Home-User", "x_corp_*"], "allowUnderscoreHeaders": true}),
         ),
     ];
     for doc in &valid {

@@ -45,15 +45,46 @@ fn options() -> Vec<ChartOption> {
             assert_eq!(svc["spec"]["type"], "LoadBalancer");
             assert_eq!(svc["spec"]["ports"][0]["port"], 8443);
             assert_eq!(svc["spec"]["ports"][0]["targetPort"], "https");
+            assert_eq!(
+                svc["spec"]["selector"]["app.kubernetes.io/component"], "proxy",
+                "devices reach the proxy pods only"
+            );
             let metrics =
                 find(docs, "Service", Some("portcullis-metrics")).expect("metrics Service");
             assert_eq!(metrics["spec"]["ports"][0]["name"], "metrics");
-            assert_eq!(
-                find(docs, "Deployment", None).unwrap()["spec"]["replicas"],
-                1
+            // Split: the controller and the proxy, each its own Deployment and account.
+            for (name, role) in [
+                ("portcullis-controller", "controller"),
+                ("portcullis-proxy", "proxy"),
+            ] {
+                let d = find(docs, "Deployment", Some(name)).expect(name);
+                assert_eq!(d["spec"]["replicas"], 1);
+                assert_eq!(d["spec"]["template"]["spec"]["serviceAccountName"], name);
+                assert!(deployment_args(d).contains(&format!("--role={role}")));
+                assert!(find(docs, "ServiceAccount", Some(name)).is_some());
+                assert!(find(docs, "ClusterRole", Some(name)).is_some());
+            }
+            assert!(find(docs, "Deployment", Some("portcullis")).is_none());
+            assert!(
+                !controller_args(docs)
+                    .iter()
+                    .any(|a| a.starts_with("--listen")),
+                "the controller is not exposed"
             );
-            assert!(find(docs, "ServiceMonitor", None).is_none());
-            assert!(find(docs, "IngressRouteTCP", None).is_none());
+            for kind in [
+                "ServiceMonitor",
+                "IngressRouteTCP",
+                "PodDisruptionBudget",
+                "NetworkPolicy",
+                "PrometheusRule",
+            ] {
+                assert!(find(docs, kind, None).is_none(), "no {kind} by default");
+            }
+            assert!(
+                !args(docs)
+                    .iter()
+                    .any(|a| a.starts_with("--watch-namespace"))
+            );
         }),
         (
             "traefik passthrough",
@@ -75,13 +106,12 @@ fn options() -> Vec<ChartOption> {
                     route["match"],
                     "HostSNI(`ha.example.org`) || HostSNI(`phone.example.org`)"
                 );
-                assert_eq!(route["services"][0]["name"], "portcullis");
-                assert_eq!(route["services"][0]["port"], 8443);
+                assert_eq!(route["services"][0]["name"], "portcullis-proxy-protocol");
+                assert_eq!(route["services"][0]["port"], 8444);
                 assert_eq!(route["services"][0]["proxyProtocol"]["version"], 2);
-                // Portcullis requires (and trusts) the PROXY header from Traefik's pods only.
-                assert!(args(docs).contains(&"--proxy-protocol-from=10.42.0.0/16".to_owned()));
                 let svc = find(docs, "Service", Some("portcullis")).unwrap();
                 assert_eq!(svc["spec"]["type"], "ClusterIP");
+                proxy_protocol_only_from_traefik(docs);
             },
         ),
         (
@@ -105,7 +135,7 @@ fn options() -> Vec<ChartOption> {
                     .expect("ServersTransportTCP");
                 assert_eq!(st["apiVersion"], "traefik.io/v1alpha1");
                 assert_eq!(st["spec"]["proxyProtocol"]["version"], 2);
-                assert!(args(docs).contains(&"--proxy-protocol-from=10.42.0.0/16".to_owned()));
+                proxy_protocol_only_from_traefik(docs);
             },
         ),
         (
@@ -159,34 +189,191 @@ fn options() -> Vec<ChartOption> {
             },
         ),
         ("replicas 2", vec!["--set", "replicas=2"], |docs| {
+            let proxy = find(docs, "Deployment", Some("portcullis-proxy")).unwrap();
+            assert_eq!(proxy["spec"]["replicas"], 2);
+            // A PodDisruptionBudget and a preferred (never required) anti-affinity, for
+            // the workload with more than one replica only.
+            let pdb = find(docs, "PodDisruptionBudget", Some("portcullis-proxy")).expect("PDB");
+            assert_eq!(pdb["spec"]["maxUnavailable"], 1);
             assert_eq!(
-                find(docs, "Deployment", None).unwrap()["spec"]["replicas"],
-                2
+                pdb["spec"]["selector"]["matchLabels"],
+                proxy["spec"]["selector"]["matchLabels"]
+            );
+            let anti = &proxy["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
+            assert!(
+                anti.get("requiredDuringSchedulingIgnoredDuringExecution")
+                    .is_none()
+            );
+            let term = &anti["preferredDuringSchedulingIgnoredDuringExecution"][0];
+            assert_eq!(
+                term["podAffinityTerm"]["topologyKey"],
+                "kubernetes.io/hostname"
+            );
+            assert_eq!(
+                term["podAffinityTerm"]["labelSelector"]["matchLabels"],
+                proxy["spec"]["selector"]["matchLabels"]
+            );
+            assert!(find(docs, "PodDisruptionBudget", Some("portcullis-controller")).is_none());
+            let controller = find(docs, "Deployment", Some("portcullis-controller")).unwrap();
+            assert!(
+                controller["spec"]["template"]["spec"]
+                    .get("affinity")
+                    .is_none()
             );
         }),
         (
-            "proxy-only role",
-            vec!["--set", "operator.role=proxy"],
+            "controller replicas 2",
+            vec!["--set", "controller.replicas=2"],
             |docs| {
-                // A data-plane-only installation reads; it writes nothing but the
-                // ClientIdentity status it reports lastSeen in, and what enrollment links
-                // need: the claim (a status write), deleting used Enrollments, the claim's
-                // Event. Never a Secret write; no Lease Role.
-                let role = find(docs, "ClusterRole", None).unwrap();
-                for rule in role["rules"].as_array().unwrap() {
-                    let allowed: &[&str] = match rule["resources"][0].as_str().unwrap() {
-                        "clientidentities/status" => &["patch"],
-                        "enrollments" => &["list", "delete"],
-                        "enrollments/status" => &["update"],
-                        "events" => &["create"],
-                        _ => &["list", "watch", "get"],
-                    };
-                    for verb in rule["verbs"].as_array().unwrap() {
-                        assert!(allowed.contains(&verb.as_str().unwrap()), "{rule}");
+                let d = find(docs, "Deployment", Some("portcullis-controller")).unwrap();
+                assert_eq!(d["spec"]["replicas"], 2);
+                assert!(find(docs, "PodDisruptionBudget", Some("portcullis-controller")).is_some());
+                assert!(find(docs, "PodDisruptionBudget", Some("portcullis-proxy")).is_none());
+            },
+        ),
+        ("split: the proxy never writes a Secret", vec![], |docs| {
+            // The exposed workload reads; it writes nothing but the ClientIdentity status
+            // it reports lastSeen in, and what enrollment links need: the claim (a status
+            // write), deleting used Enrollments, the claim's Event. No Lease.
+            let role = find(docs, "ClusterRole", Some("portcullis-proxy")).unwrap();
+            for rule in role["rules"].as_array().unwrap() {
+                let allowed: &[&str] = match rule["resources"][0].as_str().unwrap() {
+                    "clientidentities/status" => &["patch"],
+                    "enrollments" => &["list", "delete"],
+                    "enrollments/status" => &["update"],
+                    "events" => &["create"],
+                    _ => &["list", "watch", "get"],
+                };
+                for verb in rule["verbs"].as_array().unwrap() {
+                    assert!(allowed.contains(&verb.as_str().unwrap()), "{rule}");
+                }
+            }
+            // In the release namespace: the CA, CRL and cookie keys, read by name.
+            let own = find(docs, "Role", Some("portcullis-proxy")).unwrap();
+            assert_eq!(
+                own["rules"],
+                json!([{"apiGroups": [""], "resources": ["secrets"],
+                        "resourceNames": ["portcullis-ca", "portcullis-crl", "portcullis-cookie-keys"],
+                        "verbs": ["get", "list", "watch"]}])
+            );
+        }),
+        (
+            "combined",
+            vec!["--set", "operator.mode=combined"],
+            |docs| {
+                let d = find(docs, "Deployment", Some("portcullis")).expect("one Deployment");
+                assert!(deployment_args(d).contains(&"--role=all".to_owned()));
+                assert_eq!(kinds(docs).iter().filter(|k| *k == "Deployment").count(), 1);
+                assert_eq!(
+                    d["spec"]["template"]["spec"]["serviceAccountName"],
+                    "portcullis"
+                );
+                // The selector of earlier releases (immutable): upgrades keep working.
+                assert_eq!(
+                    d["spec"]["selector"]["matchLabels"],
+                    json!({"app.kubernetes.io/name": "portcullis",
+                           "app.kubernetes.io/instance": "portcullis"})
+                );
+            },
+        ),
+        (
+            "watchNamespaces",
+            vec!["--set", "watchNamespaces={home,lab}"],
+            |docs| {
+                // Roles per namespace instead of ClusterRoles, and the flag on both.
+                assert!(find(docs, "ClusterRole", None).is_none());
+                assert!(find(docs, "ClusterRoleBinding", None).is_none());
+                for workload in ["portcullis-controller", "portcullis-proxy"] {
+                    for ns in ["home", "lab"] {
+                        let name = format!("{workload}-watch");
+                        let role = docs
+                            .iter()
+                            .find(|d| {
+                                d["kind"] == "Role"
+                                    && d["metadata"]["name"] == name
+                                    && d["metadata"]["namespace"] == ns
+                            })
+                            .unwrap_or_else(|| panic!("Role {ns}/{name}"));
+                        assert!(!role["rules"].as_array().unwrap().is_empty());
+                        assert!(docs.iter().any(|d| d["kind"] == "RoleBinding"
+                            && d["metadata"]["name"] == name
+                            && d["metadata"]["namespace"] == ns
+                            && d["subjects"][0]["name"] == workload));
+                    }
+                    let d = find(docs, "Deployment", Some(workload)).unwrap();
+                    assert!(deployment_args(d).contains(&"--watch-namespace=home,lab".to_owned()));
+                }
+            },
+        ),
+        (
+            "networkPolicy",
+            vec![
+                "--set",
+                "networkPolicy.enabled=true",
+                "--set",
+                "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+            ],
+            |docs| {
+                let proxy = find(docs, "NetworkPolicy", Some("portcullis-proxy")).expect("proxy");
+                let ports: Vec<&Value> = proxy["spec"]["ingress"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| &r["ports"][0]["port"])
+                    .collect();
+                assert_eq!(ports, [&json!("https"), &json!("admin")]);
+                assert_eq!(proxy["spec"]["policyTypes"], json!(["Ingress"]));
+                assert_eq!(
+                    proxy["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"]["name"],
+                    "monitoring"
+                );
+                let controller =
+                    find(docs, "NetworkPolicy", Some("portcullis-controller")).expect("controller");
+                assert_eq!(controller["spec"]["ingress"].as_array().unwrap().len(), 1);
+                assert_eq!(
+                    controller["spec"]["ingress"][0]["ports"][0]["port"],
+                    "admin"
+                );
+            },
+        ),
+        (
+            "prometheusRule",
+            vec![
+                "--set",
+                "prometheusRule.enabled=true",
+                "--set",
+                "prometheusRule.labels.release=kube-prometheus-stack",
+            ],
+            |docs| {
+                let rule = find(docs, "PrometheusRule", None).expect("PrometheusRule");
+                assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+                assert_eq!(
+                    rule["metadata"]["labels"]["release"],
+                    "kube-prometheus-stack"
+                );
+                let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+                let alerts: Vec<&str> =
+                    rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+                for alert in [
+                    "PortcullisDeviceCertificateExpiringSoon",
+                    "PortcullisRenewalPending",
+                    "PortcullisDenialSpike",
+                ] {
+                    assert!(alerts.contains(&alert), "{alerts:?}");
+                }
+                // Every metric an alert reads is one the gate exports.
+                let exported = exported_metric_names();
+                for r in rules {
+                    let expr = r["expr"].as_str().unwrap();
+                    let used: Vec<&str> = expr
+                        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .filter(|w| w.starts_with("portcullis_"))
+                        .collect();
+                    assert!(!used.is_empty(), "{expr}");
+                    for m in used {
+                        assert!(exported.contains(m), "{m} is not exported: {exported:?}");
                     }
                 }
-                assert!(find(docs, "Role", None).is_none());
-                assert!(args(docs).contains(&"--role=proxy".to_owned()));
             },
         ),
         (
@@ -207,9 +394,20 @@ fn options() -> Vec<ChartOption> {
     ]
 }
 
-/// The operator container's args.
+/// The data plane's container args (the proxy Deployment, or the combined one).
 fn args(docs: &[Value]) -> Vec<String> {
-    let deploy = find(docs, "Deployment", None).expect("Deployment");
+    let deploy = find(docs, "Deployment", Some("portcullis-proxy"))
+        .or_else(|| find(docs, "Deployment", Some("portcullis")))
+        .expect("the data-plane Deployment");
+    deployment_args(deploy)
+}
+
+/// The controller Deployment's container args.
+fn controller_args(docs: &[Value]) -> Vec<String> {
+    deployment_args(find(docs, "Deployment", Some("portcullis-controller")).expect("controller"))
+}
+
+fn deployment_args(deploy: &Value) -> Vec<String> {
     deploy["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .unwrap()
@@ -217,6 +415,86 @@ fn args(docs: &[Value]) -> Vec<String> {
         .map(|a| a.as_str().unwrap().to_owned())
         .collect()
 }
+
+/// PROXY headers are accepted on their own port only, which only Traefik's pods may
+/// reach: never from the pod CIDR on the main port.
+fn proxy_protocol_only_from_traefik(docs: &[Value]) {
+    let args = args(docs);
+    assert!(
+        args.contains(&"--proxy-protocol-listen=0.0.0.0:8444".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--proxy-protocol-from")),
+        "{args:?}"
+    );
+    let svc = find(docs, "Service", Some("portcullis-proxy-protocol")).expect("its Service");
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "proxy-protocol");
+    let main = find(docs, "Service", Some("portcullis")).unwrap();
+    assert_eq!(main["spec"]["ports"].as_array().unwrap().len(), 1, "{main}");
+    let policy = find(docs, "NetworkPolicy", Some("portcullis-proxy")).expect("NetworkPolicy");
+    let rule = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ports"][0]["port"] == "proxy-protocol")
+        .expect("a rule for the PROXY port");
+    assert_eq!(
+        rule["from"],
+        json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "traefik"}}}])
+    );
+}
+
+/// The names of the metrics the gate exports (src/telemetry.rs), as scraped: one sample
+/// in every labelled family, since a family without samples is not encoded.
+fn exported_metric_names() -> std::collections::BTreeSet<String> {
+    use portcullis::telemetry::*;
+    let metrics = Metrics::default();
+    let failure = FailureLabels { reason: "x" };
+    let identity = "home/phone".to_owned();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: "r".into(),
+            admission: "denied",
+            reason: "x",
+        })
+        .inc();
+    metrics.handshake_failures.get_or_create(&failure).inc();
+    metrics.config_reloads.get_or_create(&failure).inc();
+    metrics.enrollment_refusals.get_or_create(&failure).inc();
+    metrics
+        .cert_expiry
+        .get_or_create(&CertLabels {
+            kind: "ca",
+            name: "x".into(),
+        })
+        .set(1);
+    metrics
+        .device_cert_expiry
+        .get_or_create(&DeviceCertLabels {
+            identity: identity.clone(),
+            serial: "0a".into(),
+        })
+        .set(1);
+    metrics
+        .renewal_pending
+        .get_or_create(&IdentityLabels { identity })
+        .set(1);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    Metrics::encode(&registry)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// One workload running `--role all` as one ServiceAccount ("portcullis"): what the tests
+/// of the operator binary under the chart's RBAC install.
+const COMBINED: &[&str] = &["--set", "operator.mode=combined"];
 
 fn render(extra: &[&str]) -> Vec<Value> {
     documents(&template(extra).unwrap_or_else(|e| panic!("helm template {extra:?}: {e}")))
@@ -251,15 +529,23 @@ fn chart_version_follows_the_crate() {
 fn chart_names_match_the_code() {
     use portcullis::controller::names;
     let docs = render(&[]);
-    let role = find(&docs, "Role", None).expect("the Lease Role");
+    let role = find(&docs, "Role", Some("portcullis-controller")).expect("the Lease Role");
     let named: Vec<&Value> = role["rules"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|r| r.get("resourceNames").is_some())
         .collect();
-    assert_eq!(named.len(), 1);
+    assert_eq!(named.len(), 2);
     assert_eq!(named[0]["resourceNames"], json!([names::LEASE_NAME]));
+    let own = json!([
+        names::CA_SECRET,
+        names::CRL_SECRET,
+        names::COOKIE_KEYS_SECRET
+    ]);
+    assert_eq!(named[1]["resourceNames"], own);
+    let proxy = find(&docs, "Role", Some("portcullis-proxy")).unwrap();
+    assert_eq!(proxy["rules"][0]["resourceNames"], own);
     assert!(args(&docs).contains(&format!("--ca-secret={}", names::CA_SECRET)));
     let notes = std::fs::read_to_string(chart_dir().join("templates/NOTES.txt")).unwrap();
     assert!(notes.contains(&format!("secret {}", names::identity_secret_name("phone"))));
@@ -347,8 +633,13 @@ fn bad_values_fail_with_the_schema_message() {
     assert!(err.contains("/service/type"), "{err}");
     let err = template(&["--set", "service.prot=8443"]).expect_err("a typo in a nested key");
     assert!(err.contains("'prot' not allowed"), "{err}");
-    let err = template(&["--set", "operator.role=leader"]).expect_err("an unknown role");
-    assert!(err.contains("/operator/role"), "{err}");
+    let err = template(&["--set", "operator.mode=both"]).expect_err("an unknown mode");
+    assert!(err.contains("/operator/mode"), "{err}");
+    let err = template(&["--set", "watchNamespaces={Home}"]).expect_err("not a namespace");
+    assert!(err.contains("/watchNamespaces/0"), "{err}");
+    let err = template(&["--set", "traefik.proxyProtocolPort=8443"])
+        .expect_err("the PROXY port on the main port");
+    assert!(err.contains("/traefik/proxyProtocolPort"), "{err}");
     let err = template(&["--set", "traefik.ingressRouteTCP.enabled=true"])
         .expect_err("Traefik without hosts");
     assert!(
@@ -363,14 +654,14 @@ fn bad_values_fail_with_the_schema_message() {
 #[test]
 fn the_pod_is_restricted_probed_and_sized() {
     let docs = render(&[]);
-    let deploy = find(&docs, "Deployment", None).unwrap();
+    let deploy = find(&docs, "Deployment", Some("portcullis-proxy")).unwrap();
     let pod = &deploy["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         pod["securityContext"]["seccompProfile"]["type"],
         "RuntimeDefault"
     );
-    assert_eq!(pod["serviceAccountName"], "portcullis");
+    assert_eq!(pod["serviceAccountName"], "portcullis-proxy");
     let c = &pod["containers"][0];
     let sc = &c["securityContext"];
     assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -409,7 +700,7 @@ fn the_pod_is_restricted_probed_and_sized() {
     let args = args(&docs);
     for expected in [
         "operator",
-        "--role=all",
+        "--role=proxy",
         "--ca-secret=portcullis-ca",
         "--instance=portcullis",
         "--claim-unlabelled=true",
@@ -423,19 +714,96 @@ fn the_pod_is_restricted_probed_and_sized() {
         );
     }
     assert!(
-        !args.iter().any(|a| a.starts_with("--proxy-protocol-from")),
+        !args.iter().any(|a| a.starts_with("--proxy-protocol")),
         "{args:?}"
+    );
+    let controller = find(&docs, "Deployment", Some("portcullis-controller")).unwrap();
+    let pod = &controller["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["containers"][0]["securityContext"], *sc);
+    assert_eq!(
+        pod["containers"][0]["ports"],
+        json!([{"name": "admin", "containerPort": 9090, "protocol": "TCP"}])
     );
 }
 
+/// A chart bump must not restart the gate (and drop every WebSocket) unless the pod spec
+/// changed: no chart or app version in the pod template's labels.
+#[test]
+fn pod_templates_do_not_change_with_the_chart_version() {
+    for extra in [&[][..], &["--set", "operator.mode=combined"][..]] {
+        let docs = render(extra);
+        let templates = |docs: &[Value]| -> Vec<Value> {
+            docs.iter()
+                .filter(|d| d["kind"] == "Deployment")
+                .map(|d| d["spec"]["template"].clone())
+                .collect()
+        };
+        let before = templates(&docs);
+        assert!(!before.is_empty());
+        for t in &before {
+            let labels = t["metadata"]["labels"].as_object().unwrap();
+            for key in ["helm.sh/chart", "app.kubernetes.io/version"] {
+                assert!(!labels.contains_key(key), "{key} in pod labels {labels:?}");
+            }
+        }
+        // The same chart at another version renders the same pod templates.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("portcullis");
+        copy_dir(&chart_dir(), &copy);
+        let chart_yaml = copy.join("Chart.yaml");
+        let text = std::fs::read_to_string(&chart_yaml).unwrap();
+        let bumped: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("version:") {
+                    "version: 9.9.9".to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&chart_yaml, bumped).unwrap();
+        let mut args = vec!["template", "portcullis", copy.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let bumped_docs = documents(&run_helm(&args).unwrap());
+        assert!(
+            bumped_docs
+                .iter()
+                .any(|d| d["metadata"]["labels"]["helm.sh/chart"] == "portcullis-9.9.9"),
+            "the bump took effect"
+        );
+        assert_eq!(templates(&bumped_docs), before, "{extra:?}");
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// Every documented option's manifests, CRDs included, apply server-side to a real API
-/// server (with stand-in CRDs for ServiceMonitor and IngressRouteTCP).
+/// server (with Traefik 3's real CRDs, tests/vendor/, and a stand-in for ServiceMonitor's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_manifests_apply_to_a_real_api_server() {
     let env = Envtest::start();
     let admin = env.client().await;
-    let stubs = std::fs::read_to_string(manifest_dir().join("tests/helm/stub-crds.yaml")).unwrap();
-    apply(&admin, &documents(&stubs)).await.unwrap();
+    for crds in [
+        "tests/helm/stub-crds.yaml",
+        "tests/vendor/traefik-v3-crds.yaml",
+    ] {
+        let yaml = std::fs::read_to_string(manifest_dir().join(crds)).unwrap();
+        apply(&admin, &documents(&yaml)).await.unwrap();
+    }
     for (i, (name, extra, _)) in options().into_iter().enumerate() {
         let ns = format!("apply-{i}");
         let yaml = template_in(&ns, &extra).unwrap();
@@ -448,7 +816,7 @@ async fn rendered_manifests_apply_to_a_real_api_server() {
     // What the API server stored is what was rendered, e.g. the Deployment's pod security.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(admin.clone(), "apply-0");
-    let d = deployments.get("portcullis").await.unwrap();
+    let d = deployments.get("portcullis-proxy").await.unwrap();
     let sc = d.spec.unwrap().template.spec.unwrap().containers[0]
         .security_context
         .clone()
@@ -580,34 +948,25 @@ async fn can(
     answer.status.unwrap().allowed
 }
 
-/// The edits the RBAC tests make to the rendered chart: drop `verb` from the rule of the
-/// ClusterRole whose resources are exactly `resources`.
+/// The edits the RBAC tests make to the rendered chart: drop `verb` from every rule of a
+/// ClusterRole or Role whose resources are exactly `resources` (at least one has it).
 fn without_verb(mut docs: Vec<Value>, resources: Value, verb: &str) -> Vec<Value> {
-    let role = docs
+    let mut removed = 0;
+    for role in docs
         .iter_mut()
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("ClusterRole");
-    let rule = role["rules"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|r| r["resources"] == resources)
-        .unwrap_or_else(|| panic!("a rule for {resources}"));
-    let verbs = rule["verbs"].as_array_mut().unwrap();
-    let before = verbs.len();
-    verbs.retain(|v| v != verb);
-    assert_eq!(
-        verbs.len(),
-        before - 1,
-        "the rendered rule for {resources} had {verb}"
-    );
-    if verbs.is_empty() {
-        // A rule without verbs is invalid: drop the whole rule.
-        role["rules"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|r| r["resources"] != resources);
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        let rules = role["rules"].as_array_mut().unwrap();
+        for rule in rules.iter_mut().filter(|r| r["resources"] == resources) {
+            let verbs = rule["verbs"].as_array_mut().unwrap();
+            let before = verbs.len();
+            verbs.retain(|v| v != verb);
+            removed += before - verbs.len();
+        }
+        // A rule without verbs is invalid: drop it.
+        rules.retain(|r| !r["verbs"].as_array().unwrap().is_empty());
     }
+    assert!(removed > 0, "no rendered rule for {resources} had {verb}");
     docs
 }
 
@@ -616,12 +975,16 @@ fn without_verb(mut docs: Vec<Value>, resources: Value, verb: &str) -> Vec<Value
 /// that did not happen.
 async fn shared_scenario(
     admin: &Client,
-    sa: Client,
+    sa: cluster::Credentials,
     ns: &str,
     step: Duration,
+    scope: Option<portcullis::scope::Scope>,
 ) -> Result<cluster::ScenarioReport, String> {
     let mut opts = cluster::ScenarioOptions::new(NAMESPACE, ns);
     opts.timeout = step;
+    if let Some(scope) = scope {
+        opts.scope = scope;
+    }
     // The scenario panics at the step that does not happen: catch that here. (Its future
     // is not `Send`-general, so it runs on this task rather than a spawned one.)
     let run = cluster::scenario(sa, admin.clone(), &opts);
@@ -635,26 +998,29 @@ async fn shared_scenario(
     }
 }
 
-/// RBAC is proven: with only the chart ServiceAccount's token (TokenRequest API) the
-/// operator passes the whole shared scenario — Lease, CA and cookie keys, data plane
-/// watches, identity minted with an Issued Event, route Ready and serving the device,
-/// revocation (CRL, refused handshake), deletion through the finalizer — without one failed
-/// API call.
+/// RBAC is proven: with only the chart ServiceAccounts' tokens (TokenRequest API) the
+/// controller and the proxy, each with its own account, pass the whole shared scenario —
+/// Lease, CA and cookie keys, data plane watches, identity minted with an Issued Event,
+/// route Ready and serving the device, revocation (CRL, refused handshake), deletion
+/// through the finalizer — without one failed API call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_rbac_passes_the_operator_scenario() {
     let env = Envtest::start();
     let admin = env.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = install(&env.kubeconfig, &admin, &render(&[]), dir.path()).await;
-    let sa = client_from(&kubeconfig).await;
+    apply(&admin, &render(&[]))
+        .await
+        .expect("the chart applies");
+    let (controller, proxy) = split_accounts(&env.kubeconfig, &admin, dir.path(), "default").await;
     // Generous per-step limit: the last step waits for the garbage collector, which learns
     // of a new CRD's kind only on its periodic resync (up to ~30 s, plus its backoff).
     let started = std::time::Instant::now();
-    let report = shared_scenario(&admin, sa, "home", Duration::from_secs(120))
+    let credentials = cluster::Credentials::Split { controller, proxy };
+    let report = shared_scenario(&admin, credentials, "home", Duration::from_secs(120), None)
         .await
         .unwrap_or_else(|e| panic!("the scenario failed with the chart's RBAC: {e}"));
     eprintln!(
-        "shared scenario with the chart's ServiceAccount in {:.1?}: {report:?}",
+        "shared scenario with the chart's ServiceAccounts in {:.1?}: {report:?}",
         started.elapsed()
     );
     assert_eq!(
@@ -667,6 +1033,151 @@ async fn the_chart_rbac_passes_the_operator_scenario() {
     );
 }
 
+/// Clients for the chart's two ServiceAccounts (split mode), once RBAC lets each list
+/// ClientIdentities in `ns`.
+async fn split_accounts(
+    env_kubeconfig: &std::path::Path,
+    admin: &Client,
+    dir: &std::path::Path,
+    ns: &str,
+) -> (Client, Client) {
+    let mut clients = Vec::new();
+    for account in ["portcullis-controller", "portcullis-proxy"] {
+        let kubeconfig = service_account_kubeconfig(
+            env_kubeconfig,
+            admin,
+            NAMESPACE,
+            account,
+            &dir.join(format!("{account}-kubeconfig")),
+        )
+        .await;
+        let client = client_from(&kubeconfig).await;
+        wait_for(
+            "the ServiceAccount's RBAC to take effect",
+            Duration::from_secs(10),
+            async || identities(&client, ns).list(&Default::default()).await.ok(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{account} can list ClientIdentities in {ns}: {e}"));
+        clients.push(client);
+    }
+    let proxy = clients.pop().unwrap();
+    (clients.pop().unwrap(), proxy)
+}
+
+/// The proxy's account (the process facing the internet) cannot write any Secret,
+/// anywhere; with `watchNamespaces` neither account can read a Secret outside those
+/// namespaces (nor the release namespace's, but for the CA, CRL and cookie keys by name);
+/// and the controller and the proxy, each with its own account and watching only `home`,
+/// still do the whole job there while an identity elsewhere is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_account_writes_no_secret_and_reads_none_outside_watch_namespaces() {
+    use portcullis::scope::Scope;
+    let env = Envtest::start();
+    let admin = env.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    ensure_namespace(&admin, "elsewhere").await.unwrap();
+    apply(&admin, &render(&["--set", "watchNamespaces={home}"]))
+        .await
+        .expect("the chart applies");
+    let (controller, proxy) = split_accounts(&env.kubeconfig, &admin, dir.path(), "home").await;
+
+    let (home, release, elsewhere) = (Some("home"), Some(NAMESPACE), Some("elsewhere"));
+    for ns in [home, release, elsewhere, None] {
+        for verb in ["create", "update", "patch", "delete", "deletecollection"] {
+            assert!(
+                !can(&proxy, verb, "", "secrets", ns, None).await,
+                "the proxy may {verb} Secrets in {ns:?}"
+            );
+        }
+    }
+    for (allowed, verb, ns, name) in [
+        (true, "list", home, None),
+        (true, "watch", home, None),
+        (false, "get", home, Some("any")),
+        (false, "list", elsewhere, None),
+        (false, "get", elsewhere, Some("any")),
+        (false, "list", None, None),
+        (false, "list", release, None),
+        (true, "watch", release, Some("portcullis-ca")),
+        (true, "get", release, Some("portcullis-cookie-keys")),
+        (
+            false,
+            "get",
+            release,
+            Some("sh.helm.release.v1.portcullis.v1"),
+        ),
+    ] {
+        assert_eq!(
+            can(&proxy, verb, "", "secrets", ns, name).await,
+            allowed,
+            "proxy: {verb} secrets in {ns:?} named {name:?}"
+        );
+    }
+    for (allowed, verb, ns) in [
+        (true, "create", home),
+        (false, "list", elsewhere),
+        (false, "create", elsewhere),
+        (false, "list", None),
+    ] {
+        assert_eq!(
+            can(&controller, verb, "", "secrets", ns, None).await,
+            allowed,
+            "controller: {verb} secrets in {ns:?}"
+        );
+    }
+    // Not only the review: the API server refuses the requests themselves.
+    let refused = |e: kube::Error| match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("{other}"),
+    };
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "forged"}, "stringData": {"a": "b"}}))
+            .unwrap();
+    let err = Api::<Secret>::namespaced(proxy.clone(), "home")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_err();
+    assert_eq!(refused(err), 403);
+    let err = Api::<Secret>::namespaced(proxy.clone(), "elsewhere")
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused(err), 403);
+
+    // An identity outside the watched namespaces is nobody's business.
+    let outside = identities(&admin, "elsewhere");
+    let ci: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "ClientIdentity",
+        "metadata": {"name": "stranger"}, "spec": {}
+    }))
+    .unwrap();
+    outside.create(&PostParams::default(), &ci).await.unwrap();
+
+    let credentials = cluster::Credentials::Split { controller, proxy };
+    let scope = Scope::Namespaces(vec!["home".into()]);
+    let report = shared_scenario(
+        &admin,
+        credentials,
+        "home",
+        Duration::from_secs(120),
+        Some(scope),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the scenario failed watching only home: {e}"));
+    assert_eq!(report.controller_failures, 0.0, "{report:?}");
+    let stranger = Api::<Secret>::namespaced(admin.clone(), "elsewhere")
+        .get_opt("stranger-client")
+        .await
+        .unwrap();
+    assert!(stranger.is_none(), "minted outside watchNamespaces");
+    let status = outside.get("stranger").await.unwrap().data["status"].clone();
+    assert!(
+        status.is_null(),
+        "reconciled outside watchNamespaces: {status}"
+    );
+}
+
 /// A second missing verb, found by the shared scenario: without `patch` on
 /// `clientidentities/status` the device files are minted but the identity never reports
 /// Ready, so the scenario fails there.
@@ -675,10 +1186,14 @@ async fn a_missing_status_verb_fails_the_scenario() {
     let env = Envtest::start();
     let admin = env.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let docs = without_verb(render(&[]), json!(["clientidentities/status"]), "patch");
+    let docs = without_verb(
+        render(COMBINED),
+        json!(["clientidentities/status"]),
+        "patch",
+    );
     let kubeconfig = install(&env.kubeconfig, &admin, &docs, dir.path()).await;
     let sa = client_from(&kubeconfig).await;
-    let err = shared_scenario(&admin, sa, "home", Duration::from_secs(15))
+    let err = shared_scenario(&admin, sa.into(), "home", Duration::from_secs(15), None)
         .await
         .expect_err("the scenario must fail without patch on the ClientIdentity status");
     eprintln!("scenario failed as it must: {err}");
@@ -705,7 +1220,7 @@ async fn the_operator_binary_runs_on_the_chart_service_account() {
     let env = Envtest::start();
     let admin = env.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = install(&env.kubeconfig, &admin, &render(&[]), dir.path()).await;
+    let kubeconfig = install(&env.kubeconfig, &admin, &render(COMBINED), dir.path()).await;
 
     // Least privilege, spot-checked: what it needs, and what the chart must not grant.
     let sa = client_from(&kubeconfig).await;
@@ -777,7 +1292,7 @@ async fn a_missing_verb_fails_the_scenario() {
     let env = Envtest::start();
     let admin = env.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let docs = without_verb(render(&[]), json!(["secrets"]), "create");
+    let docs = without_verb(render(COMBINED), json!(["secrets"]), "create");
     let kubeconfig = install(&env.kubeconfig, &admin, &docs, dir.path()).await;
 
     let operator = Operator::start(
@@ -820,7 +1335,7 @@ async fn owner_reference_enforcement_needs_the_finalizers_rule() {
     let admin = env.client().await;
     let dir = tempfile::tempdir().unwrap();
     let finalizers = json!(["clientidentities/finalizers", "protectedroutes/finalizers"]);
-    let docs = without_verb(render(&[]), finalizers, "update");
+    let docs = without_verb(render(COMBINED), finalizers, "update");
     let kubeconfig = install(&env.kubeconfig, &admin, &docs, dir.path()).await;
     let mut operator = Operator::start(
         &kubeconfig,
@@ -844,7 +1359,7 @@ async fn owner_reference_enforcement_needs_the_finalizers_rule() {
     operator.stop();
 
     // The chart as rendered: the same cluster, and minting works.
-    apply(&admin, &render(&[]))
+    apply(&admin, &render(COMBINED))
         .await
         .expect("the chart applies");
     let operator = Operator::start(
@@ -894,7 +1409,13 @@ async fn helm_upgrade_never_replaces_the_ca_secret() {
         "nothing installed"
     );
 
-    let notes = helm(&["install", "--create-namespace"]).expect("helm install");
+    let notes = helm(&[
+        "install",
+        "--create-namespace",
+        "--set",
+        "operator.mode=combined",
+    ])
+    .expect("helm install");
     for next in [
         "kind: ClientIdentity",
         "kubectl -n home-assistant get secret phone-client -o jsonpath='{.data.keystore\\.p12}' | base64 -d > phone.p12",
@@ -954,6 +1475,8 @@ async fn helm_upgrade_never_replaces_the_ca_secret() {
 
     let out = helm(&[
         "upgrade",
+        "--set",
+        "operator.mode=combined",
         "--set",
         "replicas=2",
         "--set",

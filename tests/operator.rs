@@ -78,6 +78,8 @@ struct Shared {
     /// The operator's data plane and admin port.
     proxy: SocketAddr,
     admin: SocketAddr,
+    /// Its PROXY protocol port.
+    proxy_protocol: SocketAddr,
 }
 
 /// The shared control plane with CRDs applied and one operator running for the binary.
@@ -106,15 +108,21 @@ fn shared() -> &'static Shared {
                     ensure_namespace(&client, OPERATOR_NS).await.expect("ns");
                     let op = InProcessOperator::start(client, OPERATOR_NS, "shared").await;
                     wait_data_plane(op.admin, T).await;
-                    tx.send((op.proxy, op.admin)).expect("send");
+                    tx.send((op.proxy, op.admin, op.proxy_protocol))
+                        .expect("send");
                     std::future::pending::<()>().await;
                 });
             })
             .expect("thread");
-        let (proxy, admin) = rx
+        let (proxy, admin, proxy_protocol) = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("the shared operator started (see target/tmp/operator-tests.log)");
-        Shared { env, proxy, admin }
+        Shared {
+            env,
+            proxy,
+            admin,
+            proxy_protocol,
+        }
     })
 }
 
@@ -574,6 +582,118 @@ async fn route_serves_a_minted_identity_through_the_data_plane() {
         .await
         .expect("WebSocket");
     ws_roundtrip(&mut ws, "hello").await;
+}
+
+/// Traefik's way in (`--proxy-protocol-listen`): there every connection must open with a
+/// PROXY header, whose address becomes the client's; the main port never takes one, so a
+/// pod that can reach it cannot forge a client address (Home Assistant's login ban, the
+/// enrollment rate limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_proxy_protocol_port_takes_a_client_address_from_a_header() {
+    use tokio::io::AsyncWriteExt;
+    let (ns, host) = ("pp", "pp.ha.test");
+    let (s, admin) = setup(ns).await;
+    let upstream = Upstream::start().await;
+    let secret = minted(&admin, ns, "phone", json!({})).await;
+    served(&admin, ns, "ha", host, upstream.addr).await;
+    admitted(&device_client(s.proxy, &secret, host), "pp/phone").await;
+    let header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 443\r\n";
+
+    let via_traefik = device_client(s.proxy_protocol, &secret, host);
+    let mut tcp = tokio::net::TcpStream::connect(s.proxy_protocol)
+        .await
+        .unwrap();
+    tcp.write_all(header).await.unwrap();
+    let tls = via_traefik
+        .connect_over(tcp)
+        .await
+        .expect("TLS after the header");
+    let echo = common::http_conn_over(tls, host)
+        .await
+        .unwrap()
+        .get("/api/")
+        .await
+        .unwrap()
+        .echo();
+    assert_eq!(echo.header("x-forwarded-for"), Some("203.0.113.7"));
+    assert_eq!(echo.header(IDENTITY_HEADER), Some("pp/phone"));
+    // Without the header the PROXY port refuses the connection.
+    assert!(via_traefik.probe().await.is_refused());
+
+    // The main port: a PROXY header is no TLS, whoever sends it.
+    let direct = device_client(s.proxy, &secret, host);
+    let mut tcp = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    if let Ok(tls) = direct.connect_over(tcp).await {
+        let answer = match common::http_conn_over(tls, host).await {
+            Ok(mut conn) => conn.get("/api/").await.map(|r| r.status.as_u16()).ok(),
+            Err(_) => None,
+        };
+        assert_eq!(answer, None, "the main port took a PROXY header");
+    }
+}
+
+/// The data plane caches only labelled Secrets: a server certificate brought with
+/// `serverCertificate.secretName` is served once it carries
+/// `portcullis.dev/server-certificate=true`; before, the route says what to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brought_server_certificate_is_served_once_labelled() {
+    let (ns, host) = ("brought", "brought.ha.test");
+    let (s, admin) = setup(ns).await;
+    let upstream = Upstream::start().await;
+    let device_secret = minted(&admin, ns, "phone", json!({})).await;
+    // A certificate for the host, chaining to the gate's CA: minted for a first route,
+    // copied, and that route deleted.
+    served(&admin, ns, "minted", host, upstream.addr).await;
+    let minted_tls = wait_secret(&secrets(&admin, ns), "minted-server-tls", T).await;
+    routes(&admin, ns)
+        .delete("minted", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&routes(&admin, ns), "minted", T).await;
+    let brought: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "brought-tls"},
+        "type": "kubernetes.io/tls",
+        "data": serde_json::to_value(&minted_tls.data).unwrap(),
+    }))
+    .unwrap();
+    secrets(&admin, ns)
+        .create(&PostParams::default(), &brought)
+        .await
+        .unwrap();
+
+    let spec = json!({"upstream": {"url": format!("http://{}", upstream.addr)},
+                      "serverCertificate": {"secretName": "brought-tls"}});
+    apply(&routes(&admin, ns), &route("ha", &[host], spec))
+        .await
+        .unwrap();
+    let r = wait_condition(&routes(&admin, ns), "ha", "Ready", "False", T).await;
+    let c = condition(&r, "Ready").unwrap();
+    assert_eq!(c.reason, "ServerSecretUnlabelled", "{c:?}");
+    assert!(
+        c.message.contains(&format!(
+            "kubectl label secret -n {ns} brought-tls {}=true",
+            names::SERVER_CERTIFICATE_LABEL
+        )),
+        "{}",
+        c.message
+    );
+
+    secrets(&admin, ns)
+        .patch(
+            "brought-tls",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {
+                names::SERVER_CERTIFICATE_LABEL: "true"}}})),
+        )
+        .await
+        .unwrap();
+    wait_condition(&routes(&admin, ns), "ha", "Ready", "True", T).await;
+    admitted(
+        &device_client(s.proxy, &device_secret, host),
+        "brought/phone",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -368,7 +368,7 @@ async fn enrolled_event(admin: &Client, ns: &str, name: &str) {
     .await;
 }
 
-/// The rules helm/portcullis/templates/rbac.yaml renders with `operator.role=proxy`
+/// The rules helm/portcullis/templates/rbac.yaml renders for the proxy workload
 /// (copied, like tests/operator.rs's `chart_rbac`; tests/helm.rs checks the chart).
 fn chart_proxy_rules(name: &str) -> ClusterRole {
     let mut rules = chart_data_plane_rules();
@@ -449,6 +449,8 @@ async fn the_chart_proxy_rules_are_enough_to_serve_a_link() {
             pod_name: "rbac-proxy".into(),
             instance: portcullis::resources::Instance::default(),
             listener: Some(listener),
+            proxy_protocol_listener: None,
+            scope: portcullis::scope::Scope::Cluster,
             admin: admin_listener,
             seen_flush: portcullis::proxy::seen::FLUSH_EVERY,
             settings: portcullis::proxy::Settings::default(),

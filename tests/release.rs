@@ -276,3 +276,78 @@ fn build_push_step(workflow: &Value) -> &Value {
         })
         .expect("a docker/build-push-action step")
 }
+
+/// The README's Kubernetes quickstart and air-gapped path use exactly what the release
+/// publishes: the chart at the workflow's OCI path, the image the workflow pushes (= the
+/// chart's default) at the crate version, and the release binaries by the names and
+/// SHA256SUMS file the workflow attaches. No other ghcr.io path appears anywhere a user reads.
+#[test]
+fn readme_quickstart_uses_the_published_artifacts() {
+    let (owner, name) = chart_image();
+    let version = env!("CARGO_PKG_VERSION");
+    let workflow = release_workflow();
+    let script = version_script(&workflow);
+    let image = shell_assignment(&script, "image").replace("${owner}", &owner);
+    let charts = format!("oci://ghcr.io/{owner}/charts");
+    assert!(script.contains(r#"echo "charts=oci://ghcr.io/${owner}/charts""#));
+    let chart = format!("{charts}/portcullis");
+
+    let readme = read("README.md");
+    for command in [
+        format!("helm install portcullis {chart} --version {version}"),
+        format!("helm pull {chart} --version {version}"),
+        format!("podman pull {image}:{version}"),
+        format!("podman save {image}:{version} -o portcullis-image.tar"),
+        "sudo k3s ctr images import portcullis-image.tar".to_owned(),
+        format!("podman save {image}:{version} | sudo k3s ctr images import -"),
+        format!("helm install portcullis ./portcullis-{version}.tgz"),
+    ] {
+        assert!(readme.contains(&command), "README lacks `{command}`");
+    }
+
+    // Release binaries: the names the workflow gives them and its SHA256SUMS file.
+    let jobs = serde_yaml::to_string(&workflow["jobs"]).unwrap();
+    assert!(
+        jobs.contains(r#"name="portcullis-${VERSION}-${TARGET}""#),
+        "binary name in the workflow"
+    );
+    assert!(jobs.contains("cat ./*.sha256 > SHA256SUMS"), "SHA256SUMS");
+    for line in [
+        format!("v={version} t=x86_64-unknown-linux-musl"),
+        format!("base=https://github.com/{owner}/{name}/releases/download/v$v"),
+        r#"curl -fL -O "$base/portcullis-$v-$t" -O "$base/SHA256SUMS""#.to_owned(),
+        "sha256sum --ignore-missing -c SHA256SUMS".to_owned(),
+        "portcullis enroll phone --namespace home-assistant".to_owned(),
+        "portcullis identity export phone --namespace home-assistant -o phone.p12".to_owned(),
+    ] {
+        assert!(readme.contains(&line), "README lacks `{line}`");
+    }
+    for target in workflow["jobs"]["binaries"]["strategy"]["matrix"]["include"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"].as_str().unwrap())
+    {
+        assert!(readme.contains(target), "README names the {target} binary");
+    }
+
+    // Every ghcr.io path a user reads is the published image or chart.
+    for file in [
+        "README.md",
+        "helm/portcullis/README.md",
+        "helm/portcullis/values.yaml",
+    ] {
+        let text = read(file);
+        for (at, _) in text.match_indices("ghcr.io/") {
+            let path: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "/._-".contains(*c))
+                .collect();
+            let path = path.trim_end_matches('.');
+            assert!(
+                path == image || path == chart.trim_start_matches("oci://"),
+                "{file} names {path}: want {image} or {chart}"
+            );
+        }
+    }
+}

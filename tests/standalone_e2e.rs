@@ -291,3 +291,71 @@ async fn a_renewal_keeps_the_old_certificate_admitted_and_a_revoke_takes_both() 
         );
     }
 }
+
+/// A route on `ha.test` and the IP address `127.0.0.1` admitting the identities that match
+/// `selector` (one `key: value`), and two identities, alice and bob, both of the household.
+fn selecting(upstream: std::net::SocketAddr, selector: &str) -> String {
+    let identity = |name: &str| {
+        format!(
+            "---\napiVersion: portcullis.dev/v1alpha1\nkind: ClientIdentity\nmetadata:\n  \
+             name: {name}\n  labels:\n    household: home\n    person: {name}\nspec: {{}}\n"
+        )
+    };
+    format!(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: ProtectedRoute\nmetadata:\n  \
+         name: home-assistant\nspec:\n  hosts: [{HOST}, 127.0.0.1]\n  upstream:\n    \
+         url: http://{upstream}\n  clientAuth:\n    identitySelector:\n      matchLabels:\n        \
+         {selector}\n"
+    ) + &identity("alice")
+        + &identity("bob")
+}
+
+/// Regression: a connection without SNI (a client given the gate's IP address) was held
+/// only to its identity staying live, so when the route it was admitted on stopped
+/// selecting the identity it stayed open. It is closed now like a revoked identity's, and
+/// one still admitted stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_change_closes_connections_without_sni() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+    save(&file, &selecting(upstream.addr, "household: home"));
+    let gate = StandaloneProcess::start(&file, &state);
+    // An IP address as the server name: rustls sends no SNI for it.
+    let by_ip = |identity: &str| client(&gate, Some(identity)).sni("127.0.0.1");
+
+    let mut alice_conn = by_ip("alice").open().await.unwrap();
+    assert_eq!(alice_conn.get("/").await.unwrap().status, 200);
+    let mut bob_conn = by_ip("bob").open().await.unwrap();
+    assert_eq!(bob_conn.get("/").await.unwrap().status, 200);
+    let (mut alice_ws, _) = by_ip("alice")
+        .websocket("/api/websocket", None)
+        .await
+        .expect("alice's WebSocket");
+    let (mut bob_ws, _) = by_ip("bob")
+        .websocket("/api/websocket", None)
+        .await
+        .expect("bob's WebSocket");
+    ws_roundtrip(&mut alice_ws, "hello").await;
+
+    // The route now selects bob only.
+    let saved = Instant::now();
+    save(&file, &selecting(upstream.addr, "person: bob"));
+    assert!(
+        alice_conn.closed_within(Duration::from_secs(3)).await,
+        "alice's keep-alive connection without SNI must close once the route stops selecting her"
+    );
+    eprintln!(
+        "alice's connection closed {:?} after the save",
+        saved.elapsed()
+    );
+    assert_eq!(
+        ws_next(&mut alice_ws, Duration::from_secs(3)).await,
+        Ok(None),
+        "alice's WebSocket must close"
+    );
+    ws_roundtrip(&mut bob_ws, "bob unaffected").await;
+    assert!(!bob_conn.closed_within(Duration::from_millis(300)).await);
+    assert_eq!(bob_conn.get("/").await.unwrap().status, 200);
+    assert_eq!(by_ip("alice").get("/").await.unwrap().status, 403);
+}

@@ -45,6 +45,7 @@ fn route(selector: Option<&str>) -> Route {
             path_prefix: "/api/webhook/".into(),
             methods: vec![Method::POST],
         }],
+        headers: Default::default(),
     }
 }
 

@@ -46,6 +46,8 @@ pub fn route(name: &str) -> ProtectedRoute {
             server_certificate: ServerCertificate::default(),
             client_auth: ClientAuth::default(),
             bypass: Vec::new(),
+            strip_headers: Vec::new(),
+            allow_underscore_headers: false,
         },
     );
     pr.metadata.namespace = Some("home".into());

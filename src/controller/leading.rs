@@ -7,16 +7,17 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::ca::{CaState, bootstrap, ensure_cookie_keys};
 use super::context::{Context, Metrics, backoff};
-use super::names::instance_selector;
+use super::names::{instance_selector, server_certificate_selector};
 use super::{Config, Error, identity, route};
 use crate::pki::CRL_REFRESH;
 use crate::resources::{ClientIdentity, ProtectedRoute};
@@ -49,34 +50,77 @@ pub async fn lead(client: Client, config: Config, metrics: Arc<Metrics>, stop: C
     }
     let (ca_tx, ca_rx) = watch::channel(initial.clone());
 
-    let secrets = || Api::<Secret>::all(client.clone());
-    // Only this release's Secrets; whose ProtectedRoutes and ClientIdentities are
-    // this release's is decided per object in the reconcilers (Instance::claims).
-    let owned = watcher::Config::default().labels(&instance_selector(&config.instance.name));
+    // Every watch covers the configured namespaces only (one watch per namespace, merged;
+    // see crate::scope). Secrets: only those this release wrote, and
+    // only their metadata (ownership is all the trigger needs).
+    let scope = &config.scope;
+    let all = watcher::Config::default;
+    let owned = || {
+        scope
+            .watch(&client, |api: Api<PartialObjectMeta<Secret>>| {
+                watcher(api, all().labels(&instance_selector(&config.instance.name)))
+                    .default_backoff()
+            })
+            .touched_objects()
+    };
+    let (identity_store, identity_writer) = reflector::store();
+    let identity_stream = scope
+        .watch(&client, |api: Api<ClientIdentity>| {
+            watcher(api, all()).default_backoff()
+        })
+        .reflect(identity_writer)
+        .applied_objects();
+    let (route_store, route_writer) = reflector::store();
+    let route_stream = scope
+        .watch(&client, |api: Api<ProtectedRoute>| {
+            watcher(api, all()).default_backoff()
+        })
+        .reflect(route_writer)
+        .applied_objects();
     let ctrl_config = controller::Config::default().concurrency(CONCURRENCY);
-    let identities = Controller::new(
-        Api::<ClientIdentity>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(ctrl_config.clone())
-    .owns(secrets(), owned.clone())
-    .reconcile_all_on(ca_changes(ca_rx.clone()));
-    let routes = Controller::new(
-        Api::<ProtectedRoute>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(ctrl_config)
-    .owns(secrets(), owned)
-    .reconcile_all_on(ca_changes(ca_rx.clone()));
+    let identities = Controller::for_stream(identity_stream, identity_store)
+        .with_config(ctrl_config.clone())
+        .owns_stream(owned())
+        .reconcile_all_on(ca_changes(ca_rx.clone()));
+    let routes = Controller::for_stream(route_stream, route_store)
+        .with_config(ctrl_config)
+        .owns_stream(owned())
+        .reconcile_all_on(ca_changes(ca_rx.clone()));
     // Every identity change may change every route's admitted count.
     let route_store = routes.store();
-    let routes = routes.watches(
-        Api::<ClientIdentity>::all(client.clone()),
-        watcher::Config::default(),
-        move |_| {
+    let brought_store = routes.store();
+    let routes = routes.watches_stream(
+        scope
+            .watch(&client, |api: Api<ClientIdentity>| {
+                watcher(api, all()).default_backoff()
+            })
+            .touched_objects(),
+        move |_: ClientIdentity| {
             route_store
                 .state()
                 .iter()
+                .map(|r| ObjectRef::from_obj(&**r))
+                .collect::<Vec<_>>()
+        },
+    );
+    // A brought server certificate (serverCertificate.secretName) is checked again when it
+    // changes, or when it gets the label that makes the data plane read it.
+    let routes = routes.watches_stream(
+        scope
+            .watch(&client, |api: Api<PartialObjectMeta<Secret>>| {
+                watcher(api, all().labels(&server_certificate_selector())).default_backoff()
+            })
+            .touched_objects(),
+        move |secret: PartialObjectMeta<Secret>| {
+            let (ns, name) = (secret.metadata.namespace, secret.metadata.name);
+            brought_store
+                .state()
+                .iter()
+                .filter(|r| {
+                    r.metadata.namespace == ns
+                        && r.spec.server_certificate.secret_name.is_some()
+                        && r.spec.server_certificate.secret_name == name
+                })
                 .map(|r| ObjectRef::from_obj(&**r))
                 .collect::<Vec<_>>()
         },

@@ -66,6 +66,8 @@ pub struct Config {
     pub identity: String,
     /// The release: which objects it acts on, the label on every Secret it writes.
     pub instance: Instance,
+    /// The namespaces whose ClientIdentities and ProtectedRoutes it reconciles.
+    pub scope: crate::scope::Scope,
 }
 
 impl Config {
@@ -76,6 +78,7 @@ impl Config {
             ca_secret: names::CA_SECRET.to_owned(),
             identity: identity.into(),
             instance: Instance::default(),
+            scope: crate::scope::Scope::Cluster,
         }
     }
 }

@@ -32,7 +32,7 @@ use super::{Error, Result};
 use crate::pki::IssuedCert;
 use crate::pki::renewal::{SERVER_RENEW_BEFORE, SERVER_VALIDITY, renew_at, server_reissue_reason};
 use crate::resources::ProtectedRoute;
-use crate::resources::validate::route_problems;
+use crate::resources::validate::{cluster_route_problems, route_problems};
 
 /// Re-check interval of a brought server certificate Secret (it is not watched).
 pub const OWN_SECRET_RECHECK: Duration = Duration::from_secs(3600);
@@ -56,7 +56,8 @@ pub async fn reconcile(pr: Arc<ProtectedRoute>, ctx: Arc<Context>) -> Result<Act
     ctx.reconciling("ProtectedRoute");
     let (name, ns) = name_ns(&*pr, "ProtectedRoute")?;
     let hosts = normalized_hosts(&pr.spec.hosts);
-    let problems = route_problems(&pr.spec);
+    let mut problems = route_problems(&pr.spec);
+    problems.extend(cluster_route_problems(&pr.spec));
     let (outcome, served) = if problems.is_empty() {
         match serve(&pr, &ctx, &ns, &name, &hosts).await? {
             Ok(served) => (

@@ -11,7 +11,9 @@ use kube::core::{Selector, SelectorExt};
 
 use super::apply::{SecretSpec, owner_ref, secret_text};
 use super::conditions::{READY, Want, merge};
-use super::names::{ROUTE_LABEL, TLS_CRT, TLS_KEY, TLS_SECRET_TYPE, route_secret_name};
+use super::names::{
+    ROUTE_LABEL, SERVER_CERTIFICATE_LABEL, TLS_CRT, TLS_KEY, TLS_SECRET_TYPE, route_secret_name,
+};
 use super::ownership::{SECRET_CONFLICT, SECRET_NOT_OWNED};
 use super::{Error, Result};
 use crate::pki::renewal::{covers, normalize_host, san_hosts};
@@ -80,6 +82,21 @@ pub fn check_own_secret(
     let sans = san_hosts(&cert.cert_der);
     if let Some(host) = hosts.iter().find(|h| !covers(&sans, h)) {
         return Err(invalid(format!("it does not cover {host}")));
+    }
+    // The data plane watches Secrets by label only (it caches no other Secret).
+    let labelled = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVER_CERTIFICATE_LABEL))
+        .is_some_and(|v| v == "true");
+    if !labelled {
+        return Err((
+            "ServerSecretUnlabelled",
+            format!(
+                "Secret {ns}/{name} lacks the label {SERVER_CERTIFICATE_LABEL}=true, so the data plane does not read it; run: kubectl label secret -n {ns} {name} {SERVER_CERTIFICATE_LABEL}=true (cert-manager: add it under the Certificate's secretTemplate.labels)"
+            ),
+        ));
     }
     Ok(cert)
 }

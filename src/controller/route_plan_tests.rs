@@ -53,7 +53,20 @@ fn brought_secret_is_checked() {
     assert!(msg.contains("home/le-cert"), "{msg}");
 
     let wildcard = ca.issue_server(&["*.example.test".into()], DAY).unwrap();
-    let secret = server_secret(&pr, "home", "portcullis", &wildcard).unwrap();
+    let mut secret = server_secret(&pr, "home", "portcullis", &wildcard).unwrap();
+    // Usable, but the data plane would not see it without the opt-in label.
+    let (reason, msg) =
+        check_own_secret("home", "le-cert", Some(&secret), &hosts, now).unwrap_err();
+    assert_eq!(reason, "ServerSecretUnlabelled");
+    assert!(
+        msg.contains("kubectl label secret -n home le-cert portcullis.dev/server-certificate=true"),
+        "{msg}"
+    );
+    secret
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(SERVER_CERTIFICATE_LABEL.into(), "true".into());
     assert!(check_own_secret("home", "le-cert", Some(&secret), &hosts, now).is_ok());
     let (reason, msg) = check_own_secret(
         "home",

@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use super::idle::{Activity, Tracked};
-use super::revocation::{self, Admitted, Credential};
+use super::revocation::{self, Admitted, Credential, Hosts, SeenHosts};
 use super::seen::ConnSightings;
 use super::{Shared, contains, h1, proxy_protocol, reason};
 use crate::admission::{CookieMint, Decision};
@@ -36,6 +36,9 @@ pub struct ConnInfo {
     pub client_cert: Option<Fingerprint>,
     /// Lowercase SNI.
     pub sni: Option<String>,
+    /// Without SNI: the hosts this connection's certificate was admitted on, each of
+    /// whose routes must keep admitting it for the connection to stay open.
+    pub seen_hosts: Option<Arc<SeenHosts>>,
     /// Held as long as anything (the connection, a tunnel) still uses the connection.
     pub open: Arc<Open>,
     /// The cookie last handed to this client, reused while fresh.
@@ -145,6 +148,16 @@ pub async fn handle(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| fingerprint(c));
+    let sni = session.server_name().map(str::to_ascii_lowercase);
+    // Every request on this connection is for the SNI's route (forward.rs refuses others);
+    // without SNI, for the routes it has been admitted on so far.
+    let (on, seen_hosts) = match &sni {
+        Some(sni) => (Hosts::One(sni.clone()), None),
+        None => {
+            let seen = Arc::<SeenHosts>::default();
+            (Hosts::Seen(seen.clone()), Some(seen))
+        }
+    };
     let info = Arc::new(ConnInfo {
         client,
         // An address always formats as valid header text.
@@ -152,7 +165,8 @@ pub async fn handle(
             .unwrap_or(HeaderValue::from_static("unknown")),
         peer,
         client_cert,
-        sni: session.server_name().map(str::to_ascii_lowercase),
+        seen_hosts,
+        sni,
         open,
         cookie_mint: CookieMint::default(),
     });
@@ -224,10 +238,9 @@ pub async fn handle(
         })
     };
 
-    // Every request on this connection is for the SNI's route (forward.rs refuses others).
     let admitted = client_cert.map(|fp| Admitted {
         credential: Credential::Certificate(fp),
-        host: info.sni.clone(),
+        on,
     });
     let revoked = revocation::gone(snapshots, admitted);
     // Served in a task of its own: the socket's wake-ups then poll only the serving
@@ -252,11 +265,22 @@ pub async fn handle(
     serving.abort();
 }
 
-/// Reports a request admitted by certificate or cookie (both HTTP paths call this): at most
-/// once a minute per connection and serial does it reach the shared tracker.
-pub(super) fn saw(shared: &Shared, conn: &ConnInfo, decision: &Decision, now: SystemTime) {
+/// Reports a request admitted on `host` (both HTTP paths call this): by certificate or
+/// cookie, as a sighting, at most once a minute per connection and serial reaching the
+/// shared tracker; by certificate on a connection without SNI, as a host whose route the
+/// connection now answers to.
+pub(super) fn saw(
+    shared: &Shared,
+    conn: &ConnInfo,
+    decision: &Decision,
+    host: &str,
+    now: SystemTime,
+) {
     if let Some(cert) = decision.identity() {
         conn.open.seen.saw(&shared.settings.sightings, cert, now);
+    }
+    if let (Some(seen), Decision::Certificate { .. }) = (&conn.seen_hosts, decision) {
+        seen.add(host);
     }
 }
 

@@ -28,6 +28,8 @@ use prometheus_client::metrics::counter::Counter;
 /// What a client is told when its request could not be forwarded (the same on both paths).
 pub(super) const UPSTREAM_UNREACHABLE: &str = "the upstream service is not reachable\n";
 pub(super) const BODY_STALLED: &str = "the request body stopped arriving\n";
+const BAD_BODY: &str =
+    "malformed request body (invalid chunked framing, or cut short); send it again whole\n";
 
 pub async fn handle(
     mut req: Request<Incoming>,
@@ -112,13 +114,13 @@ pub async fn handle(
         );
         return Ok(denied(&req, reason));
     }
-    conn::saw(&shared, &conn, &decision, now);
+    conn::saw(&shared, &conn, &decision, &host, now);
     let set_cookie = earned_cookie(&decision, &snapshot, &route, &conn, &host, now);
     drop(snapshot);
 
     let identity = decision.identity().map(|c| c.identity.as_str());
-    let upgrade = is_upgrade(&req);
-    prepare(&mut req, &conn, &shared, &host, identity, cookie_name);
+    let upgrade = is_websocket_upgrade(&req);
+    prepare(&mut req, &conn, &shared, &route, identity, &host);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let body_timeout = shared.settings.limits.body_idle_timeout;
     let req = req.map(|body| RequestBody::new(body, body_timeout));
@@ -132,6 +134,16 @@ pub async fn handle(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Ok(resp);
         }
+        // The client's body broke its framing (a malformed chunk) or stopped short: the
+        // client's fault, not the upstream's, and no sign of an upstream outage.
+        Err(e) if idle::bad_client_body(&e).is_some() => {
+            let error = idle::bad_client_body(&e).map(ToString::to_string);
+            tracing::info!(route = %route.name, client = %conn.client.ip(), error = error.unwrap_or_default(), "client error: malformed request body");
+            let mut resp = plain(StatusCode::BAD_REQUEST, BAD_BODY);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        }
         Err(e) => {
             tracing::warn!(route = %route.name, upstream = %route.upstream, error = %e, "upstream unreachable");
             return Ok(plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE));
@@ -139,19 +151,32 @@ pub async fn handle(
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let admitted = decision
-                .identity()
-                .map(|cert| Admitted::serial_on(&cert.serial_hex, &host));
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(
-                shared.clone(),
-                client_upgrade,
-                upstream_upgrade,
-                admitted,
-                conn.open.clone(),
-            ));
-        }
+        // A tunnel only for the WebSocket the client asked for: a 101 to anything else
+        // (`h2c` from an upstream that ignored the dropped header, or a 101 nobody asked
+        // for) would hand the connection to the upstream past admission.
+        let to_websocket = headers::offers_websocket(resp.headers().get_all(header::UPGRADE));
+        let Some(client_upgrade) = client_upgrade.filter(|_| to_websocket) else {
+            let to = resp.headers().get(header::UPGRADE);
+            tracing::warn!(
+                route = %route.name, upstream = %route.upstream, upgrade = ?to,
+                client_asked_websocket = upgrade, "upstream answered 101 but not with the WebSocket the client asked for; answering 502, not tunnelling"
+            );
+            let mut resp = plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        };
+        let admitted = decision
+            .identity()
+            .map(|cert| Admitted::serial_on(&cert.serial_hex, &host));
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(
+            shared.clone(),
+            client_upgrade,
+            upstream_upgrade,
+            admitted,
+            conn.open.clone(),
+        ));
         // No Set-Cookie on a 101: iOS Safari ignores it there.
         return Ok(resp.map(|b| b.boxed()));
     }
@@ -257,15 +282,16 @@ fn prepare(
     req: &mut Request<Incoming>,
     conn: &ConnInfo,
     shared: &Shared,
-    host: &str,
+    route: &Route,
     identity: Option<&str>,
-    cookie_name: Option<&str>,
+    host: &str,
 ) {
-    let upgrade = is_upgrade(req);
+    let upgrade = is_websocket_upgrade(req);
     let headers = req.headers_mut();
     headers::strip_hop_by_hop(headers, upgrade);
-    if let Some(name) = cookie_name {
-        headers::strip_cookie(headers, name);
+    headers::strip_foreign(headers, &route.headers);
+    if let Some(cookie) = &route.cookie {
+        headers::strip_cookie(headers, &cookie.name);
     }
     // Routed hosts are validated names or addresses: always valid header text.
     let host = HeaderValue::from_str(host).ok();
@@ -339,9 +365,11 @@ fn host_of(value: &str) -> Option<&str> {
     port.bytes().all(|b| b.is_ascii_digit()).then_some(host)
 }
 
-fn is_upgrade<B>(req: &Request<B>) -> bool {
+/// An HTTP/1.1 request to upgrade to WebSocket, the one upgrade the gate passes on; any
+/// other `Upgrade` (`h2c` above all) is dropped and the request forwarded as a plain one.
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && headers::offers_websocket(req.headers().get_all(header::UPGRADE))
         && req
             .headers()
             .get_all(header::CONNECTION)

@@ -2,8 +2,12 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+use super::foreign;
+use crate::snapshot::HeaderPolicy;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1). `HTTP2-Settings`
+/// belongs to an `h2c` upgrade (RFC 7540 §3.2.1), which the gate never passes on.
+pub(super) const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -12,6 +16,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 pub const IDENTITY: HeaderName = HeaderName::from_static("x-portcullis-identity");
@@ -21,7 +26,7 @@ const XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers only the gate may set: a client sending them is trying to impersonate an
 /// identity or a client address.
-const GATE_ONLY: [HeaderName; 7] = [
+pub(super) const GATE_ONLY: [HeaderName; 7] = [
     IDENTITY,
     XFF,
     XF_PROTO,
@@ -54,8 +59,10 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// Removes hop-by-hop headers, and those named by `Connection`. For an upgrade the
-/// `Connection: upgrade` / `Upgrade` pair is what the upstream must see, so it is kept.
+/// Removes hop-by-hop headers, and those named by `Connection`. For a WebSocket upgrade
+/// the upstream sees `Connection: upgrade` and `Upgrade: websocket`, nothing else: any
+/// other protocol the client offered (`h2c`, whose upgrade would let it talk HTTP/2
+/// straight to the upstream, past admission) is dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -72,7 +79,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     });
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
     }
+}
+
+/// The only protocol the gate lets a connection upgrade to.
+pub const WEBSOCKET: &str = "websocket";
+
+/// Whether an `Upgrade` header's values offer `websocket` (RFC 9110 §7.8: a list of
+/// `protocol[/version]`).
+pub fn offers_websocket<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+    values
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case(WEBSOCKET))
+}
+
+/// Removes the client's headers that an upstream could read as an identity or a client
+/// address (other proxies' and auth add-ons' headers, underscore spellings, the route's
+/// `stripHeaders`): see [`super::foreign`].
+pub fn strip_foreign(headers: &mut HeaderMap, policy: &HeaderPolicy) {
+    remove_where(headers, |name| !foreign::forwardable(name.as_str(), policy));
 }
 
 /// What the gate tells the upstream about the request.
@@ -216,6 +244,55 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn only_websocket_upgrades_pass_and_h2c_settings_never() {
+        let mut h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c, WebSocket"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]);
+        assert!(offers_websocket(h.get_all("upgrade")));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get_all("upgrade").iter().collect::<Vec<_>>(),
+            ["websocket"]
+        );
+        assert!(h.get("http2-settings").is_none());
+        let mut h = map(&[("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAAP__")]);
+        assert!(!offers_websocket(h.get_all("upgrade")));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn foreign_identity_and_underscore_headers_go() {
+        let mut h = map(&[
+            ("x-forwarded-client-cert", "Hash=1"),
+            ("x_portcullis_identity", "admin"),
+            ("remote-user", "admin"),
+            ("accept", "*/*"),
+        ]);
+        strip_foreign(&mut h, &HeaderPolicy::default());
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn underscore_spellings_of_gate_and_hop_names_are_reserved() {
+        for name in GATE_ONLY.iter().chain(&HOP_BY_HOP) {
+            let underscored = name.as_str().replace('-', "_");
+            if underscored != name.as_str() {
+                let allowing = HeaderPolicy {
+                    allow_underscores: true,
+                    ..HeaderPolicy::default()
+                };
+                assert!(
+                    !foreign::forwardable(&underscored, &allowing),
+                    "{underscored}"
+                );
+            }
+        }
     }
 
     #[test]

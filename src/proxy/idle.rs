@@ -54,7 +54,9 @@ impl Body for RequestBody {
                 if let Some(timer) = &mut this.timer {
                     timer.as_mut().reset(Instant::now() + this.timeout);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                // An error here is the client's (its body broke the framing, or it went
+                // away): marked so it is not mistaken for the upstream failing.
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(BadClientBody(e)) as _)))
             }
             Poll::Pending => {
                 let timeout = this.timeout;
@@ -78,16 +80,35 @@ impl Body for RequestBody {
     }
 }
 
+/// The client's request body failed as hyper read it: invalid chunked framing, a body
+/// shorter than its `Content-Length`, an HTTP/2 stream reset.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body: {0:?}")]
+pub struct BadClientBody(hyper::Error);
+
 /// Whether `error` (or anything it wraps) is a stalled request body.
 pub fn is_body_stall(error: &(dyn StdError + 'static)) -> bool {
+    wraps::<BodyStalled>(error)
+}
+
+/// The client's request body failing, if that is what `error` is (or wraps).
+pub fn bad_client_body<'e>(error: &'e (dyn StdError + 'static)) -> Option<&'e BadClientBody> {
+    find::<BadClientBody>(error)
+}
+
+fn wraps<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    find::<E>(error).is_some()
+}
+
+fn find<'e, E: StdError + 'static>(error: &'e (dyn StdError + 'static)) -> Option<&'e E> {
     let mut source = Some(error);
     while let Some(e) = source {
-        if e.is::<BodyStalled>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         source = e.source();
     }
-    false
+    None
 }
 
 /// Requests in flight on one HTTP/2 connection, and when the last one ended.

@@ -12,6 +12,7 @@
 mod admin;
 mod conn;
 mod enroll;
+mod foreign;
 mod forward;
 mod h1;
 mod headers;
@@ -89,6 +90,15 @@ pub struct Settings {
     /// Where admissions are reported (last seen, open connections per identity); the mode's
     /// wiring keeps a clone to drain it and to serve `/identities`.
     pub sightings: Arc<Sightings>,
+}
+
+/// Every IPv4 and IPv6 peer: on a listener only the ingress proxy can reach, every
+/// connection must open with a PROXY protocol header.
+pub fn everyone() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(ipnet::Ipv4Net::default()),
+        IpNet::V6(ipnet::Ipv6Net::default()),
+    ]
 }
 
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {

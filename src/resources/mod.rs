@@ -24,8 +24,8 @@ pub use enrollment::{
 };
 pub use instance::Instance;
 pub use protected_route::{
-    BypassRule, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute, ProtectedRouteSpec,
-    ProtectedRouteStatus, ServerCertificate, ServiceRef, Upstream,
+    BypassRule, CertificateFiles, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute,
+    ProtectedRouteSpec, ProtectedRouteStatus, ServerCertificate, ServiceRef, Upstream,
 };
 pub use time::{from_time, to_time};
 

@@ -48,6 +48,10 @@ pub const MANAGED_BY_VALUE: &str = "portcullis";
 pub const INSTANCE_LABEL: &str = "portcullis.dev/instance";
 /// The instance name of a release started without `--instance`.
 pub const DEFAULT_INSTANCE: &str = "portcullis";
+/// Label a user puts (value `true`) on a Secret named in a ProtectedRoute's
+/// `serverCertificate.secretName`: the data plane watches only labelled Secrets, so it
+/// caches no Secret of the cluster that it does not serve from.
+pub const SERVER_CERTIFICATE_LABEL: &str = "portcullis.dev/server-certificate";
 /// Label on an identity Secret naming its ClientIdentity.
 pub const IDENTITY_LABEL: &str = "portcullis.dev/identity";
 /// Label on a server certificate Secret naming its ProtectedRoute.
@@ -69,6 +73,11 @@ pub fn managed_selector() -> String {
 /// The label selector of the Secrets release `instance` writes.
 pub fn instance_selector(instance: &str) -> String {
     format!("{},{INSTANCE_LABEL}={instance}", managed_selector())
+}
+
+/// The label selector of users' server certificate Secrets.
+pub fn server_certificate_selector() -> String {
+    format!("{SERVER_CERTIFICATE_LABEL}=true")
 }
 
 /// The Secret holding a ClientIdentity's device files, in its namespace.

@@ -40,6 +40,18 @@ pub struct ProtectedRouteSpec {
     /// webhooks. Empty by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bypass: Vec<BypassRule>,
+    /// More request headers the gate removes before the upstream, beside its built-in list
+    /// (other proxies' client-certificate headers, forward-auth user headers such as
+    /// `X-Forwarded-User` or `Remote-User`): names like `X-Home-User`, or prefixes with a
+    /// trailing `*` like `X-Corp-*`. Case and `_`/`-` do not matter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = super::schema::strip_headers)]
+    pub strip_headers: Vec<String>,
+    /// Forward request headers whose names contain `_`. Default false: they are dropped,
+    /// as nginx does, because many stacks read `X_Name` as `X-Name`. Even when true, an
+    /// underscore spelling of a header the gate sets or strips is dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_underscore_headers: bool,
 }
 
 /// The upstream service: a Kubernetes Service (operator) or a URL (standalone); exactly
@@ -66,8 +78,8 @@ pub struct ServiceRef {
     pub port: u16,
 }
 
-/// Where the server certificate comes from: `issue` or `secretName`, not both (neither
-/// means `issue`).
+/// Where the server certificate comes from: at most one of `issue`, `secretName` and
+/// `files` (none means `issue`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = super::schema::server_certificate)]
@@ -79,12 +91,35 @@ pub struct ServerCertificate {
     /// reloaded when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// Standalone only: read the certificate chain and its key from these PEM files, e.g.
+    /// the Let's Encrypt or DuckDNS add-on's `/ssl/fullchain.pem` and `/ssl/privkey.pem`;
+    /// reloaded when either changes. Refused in Kubernetes (use `secretName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<CertificateFiles>,
 }
 
 impl ServerCertificate {
     fn is_default(&self) -> bool {
         self == &Self::default()
     }
+
+    /// Whether the Portcullis CA mints the certificate (neither `secretName` nor `files`):
+    /// then a phone does not trust it.
+    pub fn is_minted(&self) -> bool {
+        self.secret_name.is_none() && self.files.is_none()
+    }
+}
+
+/// A certificate and its key in PEM files (paths relative to the config file's directory).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first, e.g. `/ssl/fullchain.pem`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub certificate: String,
+    /// The leaf's private key (PKCS#8, SEC1 or PKCS#1 PEM), e.g. `/ssl/privkey.pem`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: String,
 }
 
 /// Options for a minted server certificate (none yet).

@@ -21,12 +21,24 @@ pub const DURATION_MESSAGE: &str = "must be whole numbers with a unit d, h, m or
 pub const UPSTREAM_MESSAGE: &str = "set exactly one of `service` (a Service in this \
      namespace: {name, port}) or `url` (http://HOST:PORT)";
 /// Message of the rule on `spec.serverCertificate`.
-pub const SERVER_CERTIFICATE_MESSAGE: &str = "set either `issue: {}` or `secretName`, not both";
+pub const SERVER_CERTIFICATE_MESSAGE: &str =
+    "set at most one of `issue: {}`, `secretName` or `files: {certificate, key}`";
 /// Message of the rule on `spec.hosts`.
 pub const HOSTS_MESSAGE: &str = "each host must be a DNS name or an IP address, without \
      scheme, port, path or wildcard, e.g. ha.example.org";
 /// Message of the rule on `spec.commonName`.
 pub const COMMON_NAME_MESSAGE: &str = "is empty; remove it to use the resource name";
+
+/// Message of the rule on `spec.stripHeaders`.
+pub const STRIP_HEADERS_MESSAGE: &str = "each entry must be a header name (letters, digits \
+     and ! # $ % & ' + - . ^ _ ` | ~), optionally ending in * to match a prefix, e.g. \
+     X-Home-User or X-Corp-*";
+/// A `stripHeaders` entry: a header name (RFC 9110 token without `*`), optionally ending
+/// in `*`.
+pub const HEADER_PATTERN: &str = r"^[!#$%&'+.^_`|~0-9A-Za-z-]+[*]?$";
+/// Most `stripHeaders` entries, and the longest one.
+pub const MAX_STRIP_HEADERS: usize = 64;
+pub const MAX_HEADER_NAME_LEN: usize = 128;
 
 /// Longest host name (RFC 1035).
 pub const MAX_HOST_LEN: usize = 253;
@@ -81,11 +93,12 @@ pub fn upstream(schema: &mut Schema) {
     );
 }
 
-/// `serverCertificate`: at most one of `issue`, `secretName` (neither means `issue`).
+/// `serverCertificate`: at most one of `issue`, `secretName`, `files` (none means `issue`).
 pub fn server_certificate(schema: &mut Schema) {
     rule(
         schema,
-        "!(has(self.issue) && has(self.secretName))".into(),
+        "(has(self.issue) ? 1 : 0) + (has(self.secretName) ? 1 : 0) + (has(self.files) ? 1 : 0) <= 1"
+            .into(),
         SERVER_CERTIFICATE_MESSAGE,
     );
 }
@@ -113,5 +126,18 @@ pub fn common_name(schema: &mut Schema) {
         schema,
         format!("!self.matches({})", cel_string(r"^\s*$")),
         COMMON_NAME_MESSAGE,
+    );
+}
+
+/// `stripHeaders`: header names, or prefixes ending in `*`.
+pub fn strip_headers(schema: &mut Schema) {
+    insert(schema, "maxItems", json!(MAX_STRIP_HEADERS));
+    if let Some(Value::Object(items)) = schema.ensure_object().get_mut("items") {
+        items.insert("maxLength".into(), json!(MAX_HEADER_NAME_LEN));
+    }
+    rule(
+        schema,
+        format!("self.all(h, h.matches({}))", cel_string(HEADER_PATTERN)),
+        STRIP_HEADERS_MESSAGE,
     );
 }

@@ -16,7 +16,9 @@ pub use syntax::{
 };
 use syntax::{is_standard_method, is_tchar};
 
-use super::{BypassRule, ClientIdentitySpec, CookieFallback, ProtectedRouteSpec, Upstream};
+use super::{
+    BypassRule, ClientIdentitySpec, CookieFallback, ProtectedRouteSpec, ServerCertificate, Upstream,
+};
 
 /// Shortest and longest accepted cookie lifetimes.
 pub const COOKIE_TTL_RANGE: (Duration, Duration) = (MINUTE, Duration::from_secs(7 * DAY_SECS));
@@ -62,23 +64,7 @@ pub fn route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
     let mut out = Vec::new();
     host_problems(&spec.hosts, &mut out);
     upstream_problems(&spec.upstream, &mut out);
-    let sc = &spec.server_certificate;
-    if sc.issue.is_some() && sc.secret_name.is_some() {
-        out.push(Problem::new(
-            "spec.serverCertificate",
-            "set either `issue: {}` or `secretName`, not both",
-        ));
-    }
-    if sc
-        .secret_name
-        .as_deref()
-        .is_some_and(|s| s.trim().is_empty())
-    {
-        out.push(Problem::new(
-            "spec.serverCertificate.secretName",
-            "is empty",
-        ));
-    }
+    server_certificate_problems(&spec.server_certificate, &mut out);
     if let Some(selector) = &spec.client_auth.identity_selector
         && let Err(e) = kube::core::Selector::try_from(selector.clone())
     {
@@ -91,7 +77,49 @@ pub fn route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
     for (i, rule) in spec.bypass.iter().enumerate() {
         bypass_problems(&format!("spec.bypass[{i}]"), rule, &mut out);
     }
+    strip_headers_problems(&spec.strip_headers, &mut out);
     out
+}
+
+/// What only the standalone gate can do, refused in Kubernetes: `serverCertificate.files`
+/// names files on the gate's own disk, which the cluster's pods do not have.
+pub fn cluster_route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if spec.server_certificate.files.is_some() {
+        out.push(Problem::new(
+            "spec.serverCertificate.files",
+            "works only in standalone mode (files on the gate's disk); in Kubernetes put the \
+             certificate in a kubernetes.io/tls Secret (e.g. from cert-manager) and set \
+             `secretName` instead",
+        ));
+    }
+    out
+}
+
+/// `stripHeaders`: header names, or prefixes ending in `*`.
+fn strip_headers_problems(patterns: &[String], out: &mut Vec<Problem>) {
+    use super::schema::{MAX_HEADER_NAME_LEN, MAX_STRIP_HEADERS};
+    if patterns.len() > MAX_STRIP_HEADERS {
+        out.push(Problem::new(
+            "spec.stripHeaders",
+            format!("has more than {MAX_STRIP_HEADERS} entries; use prefixes ending in *"),
+        ));
+    }
+    for (i, pattern) in patterns.iter().enumerate() {
+        let name = pattern.strip_suffix('*').unwrap_or(pattern);
+        if name.is_empty()
+            || name.len() > MAX_HEADER_NAME_LEN
+            || !name.bytes().all(|b| b != b'*' && is_tchar(b))
+        {
+            out.push(Problem::new(
+                format!("spec.stripHeaders[{i}]"),
+                format!(
+                    "{pattern:?} is not a header name; write e.g. X-Home-User, or X-Corp-* \
+                     for every name starting with X-Corp- (a * only at the end)"
+                ),
+            ));
+        }
+    }
 }
 
 /// Every problem of a ClientIdentity spec.
@@ -225,6 +253,37 @@ fn host_problems(hosts: &[String], out: &mut Vec<Problem>) {
                 field,
                 format!("{host:?} is not a DNS name or IP address; write e.g. ha.example.org"),
             ));
+        }
+    }
+}
+
+fn server_certificate_problems(sc: &ServerCertificate, out: &mut Vec<Problem>) {
+    let sources = [
+        sc.issue.is_some(),
+        sc.secret_name.is_some(),
+        sc.files.is_some(),
+    ];
+    if sources.into_iter().filter(|set| *set).count() > 1 {
+        out.push(Problem::new(
+            "spec.serverCertificate",
+            "set only one of `issue: {}`, `secretName` or `files: {certificate, key}`",
+        ));
+    }
+    let blank = |s: &str| s.trim().is_empty();
+    if sc.secret_name.as_deref().is_some_and(blank) {
+        out.push(Problem::new(
+            "spec.serverCertificate.secretName",
+            "is empty",
+        ));
+    }
+    if let Some(files) = &sc.files {
+        for (field, path) in [("certificate", &files.certificate), ("key", &files.key)] {
+            if blank(path) {
+                out.push(Problem::new(
+                    format!("spec.serverCertificate.files.{field}"),
+                    "is empty; write the path of a PEM file, e.g. /ssl/fullchain.pem",
+                ));
+            }
         }
     }
 }

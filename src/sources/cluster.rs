@@ -4,10 +4,16 @@
 //! ```text
 //!  watch ProtectedRoute ─┐
 //!  watch ClientIdentity ─┼─▶ reflector stores ─▶ (debounce) ─▶ build ─▶ watch::Sender
-//!  watch TLS Secrets ────┤                                      └─ error: keep the last good
-//!  watch own Secrets ────┘
+//!  watch Secrets ────────┤                                      └─ error: keep the last good
+//!  watch named Secrets ──┘
 //! ```
 //! It only reads: the controller (possibly another replica, the lease holder) writes.
+//!
+//! Of the Secrets it caches only what it serves from: the ones the controller wrote
+//! (label `app.kubernetes.io/managed-by=portcullis`), the ones a user named in
+//! `serverCertificate.secretName` and labelled [`names::SERVER_CERTIFICATE_LABEL`], and by
+//! name the CA, CRL and cookie-key Secrets of the operator namespace. Every watch covers
+//! only the [`Scope`]'s namespaces.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -31,7 +37,9 @@ use super::routes::resolve;
 use crate::pki::previous::{PREVIOUS_CRT, parse_previous};
 use crate::pki::{canonical_serial, parse_ledger_json};
 use crate::resources::names;
+use crate::resources::validate::cluster_route_problems;
 use crate::resources::{ClientIdentity, Instance, ProtectedRoute};
+use crate::scope::Scope;
 use crate::snapshot::{RouteSource, Snapshot, SnapshotParts};
 use crate::telemetry::{FailureLabels, Metrics};
 use crate::{Error, Result};
@@ -48,12 +56,18 @@ pub struct ClusterSource {
     pub ca_secret: String,
     /// The release: only its routes and identities are served and admitted.
     pub instance: Instance,
+    /// The namespaces of routes, identities and their Secrets.
+    pub scope: Scope,
 }
 
 struct Stores {
     routes: Store<ProtectedRoute>,
     identities: Store<ClientIdentity>,
-    tls_secrets: Store<Secret>,
+    /// Written by the controller (managed-by label).
+    managed_secrets: Store<Secret>,
+    /// Users' server certificates, opted in by label.
+    server_secrets: Store<Secret>,
+    /// CA, CRL and cookie keys, by name in the operator namespace.
     own_secrets: Store<Secret>,
 }
 
@@ -67,48 +81,62 @@ pub async fn run(
 ) {
     let (routes, routes_w) = reflector::store();
     let (identities, identities_w) = reflector::store();
-    let (tls_secrets, tls_w) = reflector::store();
+    let (managed_secrets, managed_w) = reflector::store();
+    let (server_secrets, server_w) = reflector::store();
     let (own_secrets, own_w) = reflector::store();
     let cfg = watcher::Config::default;
-    // Every data-plane replica reads every route and identity of the installation; of the
-    // Secrets only TLS ones (device, server, CA) and the operator namespace's own.
+    let scope = &source.scope;
+    let labelled = |selector: String| {
+        scope.watch(&client, move |api: Api<Secret>| {
+            watcher(api, cfg().labels(&selector))
+        })
+    };
+    // The operator namespace's own Secrets, each watched by name (RBAC can grant exactly
+    // these three names; a watch by label could not be limited).
+    let named = crate::scope::merge(
+        [
+            source.ca_secret.as_str(),
+            names::CRL_SECRET,
+            names::COOKIE_KEYS_SECRET,
+        ]
+        .into_iter()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .map(|name| {
+            watcher(
+                Api::<Secret>::namespaced(client.clone(), &source.namespace),
+                cfg().fields(&format!("metadata.name={name}")),
+            )
+        })
+        .collect(),
+    );
     let changes = futures_util::stream::select_all([
         touch(
-            reflector(
-                routes_w,
-                watcher(Api::<ProtectedRoute>::all(client.clone()), cfg()),
-            ),
+            reflector(routes_w, scope.watch(&client, |api| watcher(api, cfg()))),
             |r: &ProtectedRoute| read_by_snapshot(&r.metadata, &r.spec),
         ),
         touch(
             reflector(
                 identities_w,
-                watcher(Api::<ClientIdentity>::all(client.clone()), cfg()),
+                scope.watch(&client, |api| watcher(api, cfg())),
             ),
             |c: &ClientIdentity| read_by_snapshot(&c.metadata, &c.spec),
         ),
         touch(
-            reflector(
-                tls_w,
-                watcher(
-                    Api::<Secret>::all(client.clone()),
-                    cfg().fields("type=kubernetes.io/tls"),
-                ),
-            ),
+            reflector(managed_w, labelled(names::managed_selector())),
             secret_contents,
         ),
         touch(
-            reflector(
-                own_w,
-                watcher(Api::<Secret>::namespaced(client, &source.namespace), cfg()),
-            ),
+            reflector(server_w, labelled(names::server_certificate_selector())),
             secret_contents,
         ),
+        touch(reflector(own_w, named), secret_contents),
     ]);
     let stores = Stores {
         routes,
         identities,
-        tls_secrets,
+        managed_secrets,
+        server_secrets,
         own_secrets,
     };
     let mut changes = std::pin::pin!(changes);
@@ -250,15 +278,25 @@ impl Stores {
         use futures_util::FutureExt;
         self.routes.wait_until_ready().now_or_never().is_some()
             && self.identities.wait_until_ready().now_or_never().is_some()
-            && self.tls_secrets.wait_until_ready().now_or_never().is_some()
+            && self
+                .managed_secrets
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
+            && self
+                .server_secrets
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
             && self.own_secrets.wait_until_ready().now_or_never().is_some()
     }
 
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
         let key = ObjectRef::new(name).within(namespace);
-        self.tls_secrets
+        self.managed_secrets
             .get(&key)
             .or_else(|| self.own_secrets.get(&key))
+            .or_else(|| self.server_secrets.get(&key))
     }
 }
 
@@ -430,14 +468,28 @@ fn route_source(stores: &Stores, route: &ProtectedRoute) -> Result<RouteSource> 
         spec.upstream.url = Some(format!("http://{}.{namespace}.svc:{}", svc.name, svc.port));
     }
     let resolved = resolve(&format!("{namespace}/{name}"), &spec)?;
+    if let Some(problem) = cluster_route_problems(&spec).first() {
+        return Err(Error::Config(format!(
+            "ProtectedRoute {namespace}/{name}: {problem}"
+        )));
+    }
     let secret_name = spec
         .server_certificate
         .secret_name
         .clone()
         .unwrap_or_else(|| names::route_secret_name(&name));
     let secret = stores.secret(&namespace, &secret_name).ok_or_else(|| {
+        let hint = if spec.server_certificate.secret_name.is_some() {
+            format!(
+                " (the data plane reads only Secrets labelled {}=true: kubectl label secret -n {namespace} {secret_name} {}=true)",
+                names::SERVER_CERTIFICATE_LABEL,
+                names::SERVER_CERTIFICATE_LABEL
+            )
+        } else {
+            String::new()
+        };
         Error::Config(format!(
-            "server certificate Secret {namespace}/{secret_name} not found"
+            "server certificate Secret {namespace}/{secret_name} not found{hint}"
         ))
     })?;
     // A minted certificate is served only from the route's own Secret; a brought one

@@ -46,6 +46,8 @@ pub struct ClusterEnrollments {
     client: Client,
     /// This replica's name, written as `status.claimedBy`.
     replica: String,
+    /// Where Enrollments are looked for (the watched namespaces).
+    scope: crate::scope::Scope,
 }
 
 impl std::fmt::Debug for ClusterEnrollments {
@@ -57,22 +59,43 @@ impl std::fmt::Debug for ClusterEnrollments {
 }
 
 impl ClusterEnrollments {
+    /// Enrollments in every namespace.
     pub fn new(client: Client, replica: impl Into<String>) -> Self {
+        Self::in_scope(client, replica, crate::scope::Scope::Cluster)
+    }
+
+    /// Enrollments in `scope`'s namespaces only.
+    pub fn in_scope(
+        client: Client,
+        replica: impl Into<String>,
+        scope: crate::scope::Scope,
+    ) -> Self {
         ClusterEnrollments {
             client,
             replica: replica.into(),
+            scope,
         }
+    }
+
+    /// Every Enrollment in scope matching `params`.
+    async fn list(&self, params: &ListParams) -> Result<Vec<Enrollment>> {
+        let mut all = Vec::new();
+        for api in self.scope.apis::<Enrollment>(&self.client) {
+            let list = api
+                .list(params)
+                .await
+                .map_err(|e| kube_error("listing Enrollments", e))?;
+            all.extend(list.items);
+        }
+        Ok(all)
     }
 
     /// The Enrollment whose token hashes to `token_hash` (several only by a forged label:
     /// the full hash decides), unless it is being deleted.
     async fn find(&self, token_hash: &str) -> Result<Option<Enrollment>> {
         let selector = format!("{TOKEN_HASH_LABEL}={}", token_hash_label(token_hash));
-        let list = Api::<Enrollment>::all(self.client.clone())
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| kube_error("listing Enrollments", e))?;
-        Ok(list.items.into_iter().find(|e| {
+        let list = self.list(&ListParams::default().labels(&selector)).await?;
+        Ok(list.into_iter().find(|e| {
             same_hash(&e.spec.token_hash, token_hash) && e.metadata.deletion_timestamp.is_none()
         }))
     }
@@ -123,12 +146,9 @@ impl ClusterEnrollments {
 
     /// Deletes the Enrollments nobody can use any more. See [`EnrollmentStore::sweep`].
     async fn sweep_once(&self, now: SystemTime, grace: Duration) -> Result<usize> {
-        let all = Api::<Enrollment>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| kube_error("listing Enrollments", e))?;
+        let all = self.list(&ListParams::default()).await?;
         let mut removed = 0;
-        for found in all.items {
+        for found in all {
             let grace = if found.is_claimed() {
                 grace
             } else {

@@ -42,7 +42,7 @@ pub struct Config {
     pub identities: Vec<ClientIdentity>,
     /// `.p12` passwords read from `passwordSecretRef` files, by identity name.
     pub passwords: BTreeMap<String, String>,
-    /// Certificates brought with `serverCertificate.secretName`, by route name.
+    /// Certificates brought with `serverCertificate.secretName` or `files`, by route name.
     pub own_certs: BTreeMap<String, OwnCert>,
     /// Every file whose change must reload the configuration (the file itself included).
     pub watched: Vec<PathBuf>,
@@ -63,7 +63,7 @@ impl fmt::Debug for Config {
 }
 
 /// Reads and checks a config file. Relative paths in it (password files, certificate
-/// directories) are relative to the file's directory.
+/// directories and files) are relative to the file's directory.
 pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse_config(path, &text),
@@ -240,16 +240,33 @@ impl Parser {
                 "needs Kubernetes; in standalone mode write `url: http://HOST:PORT` instead",
             ));
         }
-        if let Some(dir) = &route.spec.server_certificate.secret_name {
-            let dir = self.relative(dir);
-            match external::own_cert(&dir, &route.spec.hosts) {
+        let sc = &route.spec.server_certificate;
+        let own = match (&sc.secret_name, &sc.files) {
+            (Some(dir), None) => {
+                let dir = self.relative(dir);
+                Some(("secretName", dir.join("tls.crt"), dir.join("tls.key")))
+            }
+            // Blank paths are already a problem of their own.
+            (None, Some(files))
+                if !files.certificate.trim().is_empty() && !files.key.trim().is_empty() =>
+            {
+                Some((
+                    "files",
+                    self.relative(&files.certificate),
+                    self.relative(&files.key),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((field, certificate, key)) = own {
+            self.watched.extend([certificate.clone(), key.clone()]);
+            match external::cert_files(&certificate, &key, &route.spec.hosts) {
                 Ok(cert) => {
-                    self.watched
-                        .extend([dir.join("tls.crt"), dir.join("tls.key")]);
                     self.own_certs.insert(name, cert);
                 }
                 Err(message) => {
-                    problems.push(Problem::new("spec.serverCertificate.secretName", message));
+                    let field = format!("spec.serverCertificate.{field}");
+                    problems.push(Problem::new(field, message));
                 }
             }
         }

@@ -266,7 +266,7 @@ async fn served_by_own_ca(client: &kube::Client, url: &str) -> bool {
         .items
         .iter()
         .find(|r| r.spec.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)))
-        .is_some_and(|r| r.spec.server_certificate.secret_name.is_none())
+        .is_some_and(|r| r.spec.server_certificate.is_minted())
 }
 
 /// The host of an `https://HOST[:PORT]` URL.
@@ -316,7 +316,7 @@ fn route_host(config: &Path, name: &str) -> Result<RouteHost> {
         .routes
         .iter()
         .find(|r| name_of(&r.metadata) == route.name)
-        .is_some_and(|r| r.spec.server_certificate.secret_name.is_none());
+        .is_some_and(|r| r.spec.server_certificate.is_minted());
     let note = own_ca.then(|| server_trust_note(host.as_deref().unwrap_or(&route.name)));
     Ok(RouteHost {
         route: Some(route.name),
@@ -342,8 +342,9 @@ fn server_trust_note(host: &str) -> String {
         "{host} serves a certificate from this installation's own CA, which the phone does \
          not trust: it will warn before showing the page. Do not install the Portcullis CA \
          as a trusted root on the phone (it also signs device certificates). Give the route a \
-         publicly trusted certificate instead (serverCertificate.secretName: a Let's Encrypt \
-         certificate, e.g. from cert-manager or your DNS add-on; see the README)."
+         publicly trusted certificate instead (a Let's Encrypt certificate: \
+         serverCertificate.secretName from cert-manager, or serverCertificate.files with your \
+         Let's Encrypt / DuckDNS add-on's fullchain.pem and privkey.pem; see the README)."
     )
 }
 

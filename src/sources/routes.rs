@@ -16,7 +16,7 @@ use super::name_of;
 use super::reconcile::{Ctx, SERVER_RENEW_BEFORE, SERVER_VALIDITY};
 use crate::resources::validate::{cookie_ttl, upstream_authority};
 use crate::resources::{ProtectedRoute, ProtectedRouteSpec};
-use crate::snapshot::{Bypass, CookiePolicy, Route, RouteSource};
+use crate::snapshot::{Bypass, CookiePolicy, HeaderPattern, HeaderPolicy, Route, RouteSource};
 use crate::state::StoredCert;
 use crate::{Error, Result};
 
@@ -155,5 +155,13 @@ pub(crate) fn resolve(name: &str, spec: &ProtectedRouteSpec) -> Result<Route> {
         selector,
         cookie,
         bypass,
+        headers: HeaderPolicy {
+            strip: spec
+                .strip_headers
+                .iter()
+                .map(|p| HeaderPattern::parse(p))
+                .collect(),
+            allow_underscores: spec.allow_underscore_headers,
+        },
     })
 }

@@ -25,7 +25,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use portcullis::controller::names;
+use portcullis::operator::Role;
 use portcullis::resources::{ClientIdentity, ProtectedRoute};
+use portcullis::scope::Scope;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize as _;
@@ -563,28 +565,48 @@ pub async fn metrics(admin: SocketAddr) -> String {
     }
 }
 
-/// `portcullis::operator::run` (role `all`) on the current runtime with `client`'s
-/// credentials, its data plane and admin port on free loopback ports.
+/// Whose credentials the operator runs with: one account for `--role all`, or the chart's
+/// two (the controller's and the proxy's) for the split workloads.
+pub enum Credentials {
+    Combined(Client),
+    Split { controller: Client, proxy: Client },
+}
+
+impl From<Client> for Credentials {
+    fn from(client: Client) -> Self {
+        Credentials::Combined(client)
+    }
+}
+
+/// `portcullis::operator::run` on the current runtime (role `all`, or a controller and a
+/// proxy with their own credentials), the data plane and admin ports on free loopback
+/// ports.
 pub struct InProcessOperator {
     pub proxy: SocketAddr,
+    /// The data plane's PROXY protocol port (`--proxy-protocol-listen`).
+    pub proxy_protocol: SocketAddr,
+    /// The data plane's admin port (readiness, its metrics).
     pub admin: SocketAddr,
+    /// The controller's admin port (its metrics); `admin` when combined.
+    pub controller_admin: SocketAddr,
     stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<portcullis::Result<()>>>,
+    tasks: Vec<tokio::task::JoinHandle<portcullis::Result<()>>>,
 }
 
 impl InProcessOperator {
     pub async fn start(client: Client, namespace: &str, pod_name: &str) -> Self {
-        Self::start_as(
-            client,
+        Self::launch(
+            client.into(),
             namespace,
             pod_name,
+            Scope::Cluster,
             portcullis::resources::Instance::default(),
             names::CA_SECRET,
         )
         .await
     }
 
-    /// [`start`](Self::start) as release `instance`, with CA Secret `ca_secret`.
+    /// [`InProcessOperator::start`] as release `instance`, with CA Secret `ca_secret`.
     pub async fn start_as(
         client: Client,
         namespace: &str,
@@ -592,38 +614,109 @@ impl InProcessOperator {
         instance: portcullis::resources::Instance,
         ca_secret: &str,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let (proxy, admin_addr) = (
-            listener.local_addr().expect("addr"),
-            admin.local_addr().expect("addr"),
-        );
-        let opts = portcullis::operator::Options {
-            role: portcullis::operator::Role::All,
-            namespace: namespace.to_owned(),
-            ca_secret: ca_secret.to_owned(),
-            pod_name: pod_name.to_owned(),
+        Self::launch(
+            client.into(),
+            namespace,
+            pod_name,
+            Scope::Cluster,
             instance,
-            listener: Some(listener),
-            admin,
-            seen_flush: portcullis::proxy::seen::FLUSH_EVERY,
-            settings: portcullis::proxy::Settings::default(),
-        };
+            ca_secret,
+        )
+        .await
+    }
+
+    /// [`InProcessOperator::start`] with `credentials` and watching `scope`.
+    pub async fn start_with(
+        credentials: Credentials,
+        namespace: &str,
+        pod_name: &str,
+        scope: Scope,
+    ) -> Self {
+        let instance = portcullis::resources::Instance::default();
+        Self::launch(
+            credentials,
+            namespace,
+            pod_name,
+            scope,
+            instance,
+            names::CA_SECRET,
+        )
+        .await
+    }
+
+    async fn launch(
+        credentials: Credentials,
+        namespace: &str,
+        pod_name: &str,
+        scope: Scope,
+        instance: portcullis::resources::Instance,
+        ca_secret: &str,
+    ) -> Self {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(portcullis::operator::run(client, opts, stop.clone()));
-        InProcessOperator {
-            proxy,
-            admin: admin_addr,
-            stop,
-            task: Some(task),
+        let options = async |role, listeners: Option<(TcpListener, TcpListener)>| {
+            let (listener, proxy_protocol_listener) = listeners.unzip();
+            let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+            let addr = admin.local_addr().expect("addr");
+            let opts = portcullis::operator::Options {
+                role,
+                namespace: namespace.to_owned(),
+                ca_secret: ca_secret.to_owned(),
+                pod_name: pod_name.to_owned(),
+                instance: instance.clone(),
+                listener,
+                proxy_protocol_listener,
+                scope: scope.clone(),
+                admin,
+                seen_flush: portcullis::proxy::seen::FLUSH_EVERY,
+                settings: portcullis::proxy::Settings::default(),
+            };
+            (opts, addr)
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let proxy = listener.local_addr().expect("addr");
+        let proxied = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind PROXY port");
+        let proxy_protocol = proxied.local_addr().expect("addr");
+        let listeners = Some((listener, proxied));
+        let run =
+            |client, opts| tokio::spawn(portcullis::operator::run(client, opts, stop.clone()));
+        match credentials {
+            Credentials::Combined(client) => {
+                let (opts, admin) = options(Role::All, listeners).await;
+                InProcessOperator {
+                    proxy,
+                    proxy_protocol,
+                    admin,
+                    controller_admin: admin,
+                    tasks: vec![run(client, opts)],
+                    stop: stop.clone(),
+                }
+            }
+            Credentials::Split {
+                controller,
+                proxy: proxy_client,
+            } => {
+                let (c_opts, controller_admin) = options(Role::Controller, None).await;
+                let (p_opts, admin) = options(Role::Proxy, listeners).await;
+                InProcessOperator {
+                    proxy,
+                    proxy_protocol,
+                    admin,
+                    controller_admin,
+                    tasks: vec![run(controller, c_opts), run(proxy_client, p_opts)],
+                    stop: stop.clone(),
+                }
+            }
         }
     }
 
     /// Shuts it down (releasing the Lease) and waits for it.
     pub async fn stop(mut self) -> TestResult {
         self.stop.cancel();
-        let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(30), task).await???;
+        for task in std::mem::take(&mut self.tasks) {
+            tokio::time::timeout(Duration::from_secs(30), task).await???;
+        }
         Ok(())
     }
 }
@@ -851,6 +944,8 @@ pub struct ScenarioOptions {
     pub host: String,
     /// Longest wait for each step.
     pub timeout: Duration,
+    /// The namespaces the operator watches (`namespace` must be one of them).
+    pub scope: Scope,
 }
 
 impl ScenarioOptions {
@@ -860,6 +955,7 @@ impl ScenarioOptions {
             namespace: namespace.to_owned(),
             host: HOST.to_owned(),
             timeout: Duration::from_secs(30),
+            scope: Scope::Cluster,
         }
     }
 }
@@ -897,7 +993,7 @@ pub struct ScenarioReport {
 /// Panics (with what was seen) when a step does not happen within `opts.timeout`; the
 /// operator is stopped before returning.
 pub async fn scenario(
-    operator: Client,
+    operator: impl Into<Credentials>,
     admin: Client,
     opts: &ScenarioOptions,
 ) -> TestResult<ScenarioReport> {
@@ -907,10 +1003,16 @@ pub async fn scenario(
     ensure_namespace(&admin, &opts.operator_namespace).await?;
     ensure_namespace(&admin, ns).await?;
     let upstream = Upstream::start().await;
-    let op = InProcessOperator::start(operator, &opts.operator_namespace, "scenario").await;
+    let op = InProcessOperator::start_with(
+        operator.into(),
+        &opts.operator_namespace,
+        "scenario",
+        opts.scope.clone(),
+    )
+    .await;
     let failures = async |op: &InProcessOperator| {
         metric_sum(
-            &metrics(op.admin).await,
+            &metrics(op.controller_admin).await,
             "portcullis_controller_failures_total",
             "",
         )

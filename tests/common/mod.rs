@@ -188,6 +188,7 @@ pub fn route(name: &str, hosts: &[&str], upstream: SocketAddr) -> Route {
             ttl: COOKIE_TTL,
         }),
         bypass: Vec::new(),
+        headers: Default::default(),
     }
 }
 

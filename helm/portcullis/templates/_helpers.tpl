@@ -39,12 +39,75 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: portcullis
 {{- end -}}
 
-{{- define "portcullis.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- default (include "portcullis.fullname" .) .Values.serviceAccount.name -}}
-{{- else -}}
-{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{/*
+Labels of a pod template: no chart or app version, so that a chart bump restarts the gate
+(and drops every open WebSocket) only when the pod spec itself changed.
+*/}}
+{{- define "portcullis.podLabels" -}}
+{{ include "portcullis.selectorLabels" . }}
+app.kubernetes.io/part-of: portcullis
 {{- end -}}
+
+{{/* Whether the controller and the proxy run as separate workloads (operator.mode=split). */}}
+{{- define "portcullis.split" -}}
+{{- if eq .Values.operator.mode "split" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The workloads: split (default) runs the controller and the proxy as two Deployments with
+two ServiceAccounts; combined runs one Deployment (`--role all`) as one ServiceAccount.
+Each: name, component label, --role, replicas, ServiceAccount.
+*/}}
+{{- define "portcullis.workloads" -}}
+{{- $full := include "portcullis.fullname" . -}}
+{{- if include "portcullis.split" . -}}
+- name: {{ $full }}-controller
+  component: controller
+  role: controller
+  replicas: {{ .Values.controller.replicas }}
+  serviceAccount: {{ include "portcullis.serviceAccountName" (list . "controller") }}
+- name: {{ $full }}-proxy
+  component: proxy
+  role: proxy
+  replicas: {{ .Values.replicas }}
+  serviceAccount: {{ include "portcullis.serviceAccountName" (list . "proxy") }}
+{{- else -}}
+- name: {{ $full }}
+  component: operator
+  role: all
+  replicas: {{ .Values.replicas }}
+  serviceAccount: {{ include "portcullis.serviceAccountName" (list . "") }}
+{{- end -}}
+{{- end -}}
+
+{{/* The component label of the pods that serve traffic. */}}
+{{- define "portcullis.dataPlaneComponent" -}}
+{{- if include "portcullis.split" . -}}proxy{{- else -}}operator{{- end -}}
+{{- end -}}
+
+{{/*
+A ServiceAccount's name: (list $ component), component "controller", "proxy" or "" (the
+combined workload). serviceAccount.name is the base; split mode appends the component.
+*/}}
+{{- define "portcullis.serviceAccountName" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $base := "" -}}
+{{- if $root.Values.serviceAccount.create -}}
+{{- $base = default (include "portcullis.fullname" $root) $root.Values.serviceAccount.name -}}
+{{- else -}}
+{{- $base = required "serviceAccount.name is required when serviceAccount.create is false" $root.Values.serviceAccount.name -}}
+{{- end -}}
+{{- if $component -}}
+{{- printf "%s-%s" $base $component | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $base -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces watched: watchNamespaces, or none (the whole cluster). */}}
+{{- define "portcullis.watchNamespaces" -}}
+{{- .Values.watchNamespaces | uniq | join "," -}}
 {{- end -}}
 
 {{- define "portcullis.image" -}}
@@ -56,21 +119,7 @@ app.kubernetes.io/part-of: portcullis
 {{- end -}}
 {{- end -}}
 
-{{/* Whether this installation runs the data plane (serves TLS). */}}
-{{- define "portcullis.dataPlane" -}}
-{{- if ne .Values.operator.role "controller" -}}true{{- end -}}
-{{- end -}}
-
-{{/* Whether this installation runs the controller (writes to the cluster). */}}
-{{- define "portcullis.controller" -}}
-{{- if ne .Values.operator.role "proxy" -}}true{{- end -}}
-{{- end -}}
-
-{{/* Peers that must send a PROXY protocol header: the configured ones plus Traefik's pods. */}}
-{{- define "portcullis.proxyProtocolFrom" -}}
-{{- $from := .Values.operator.proxyProtocolFrom -}}
-{{- if .Values.traefik.ingressRouteTCP.enabled -}}
-{{- $from = append $from .Values.traefik.podCIDR -}}
-{{- end -}}
-{{- $from | uniq | join "," -}}
+{{/* The port Traefik sends the PROXY protocol to (only Traefik may reach it). */}}
+{{- define "portcullis.proxyProtocolPort" -}}
+{{- if .Values.traefik.ingressRouteTCP.enabled -}}{{ .Values.traefik.proxyProtocolPort }}{{- end -}}
 {{- end -}}

@@ -38,6 +38,21 @@ pub(crate) struct Operator {
     /// Address of the TLS listener (proxy role).
     #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
+    /// A second TLS listener where every connection must open with a PROXY protocol
+    /// header: the port only the ingress proxy (Traefik) may reach, so no other pod can
+    /// forge a client address. Unset: no such port.
+    #[arg(long, env = "PORTCULLIS_PROXY_PROTOCOL_LISTEN")]
+    proxy_protocol_listen: Option<SocketAddr>,
+    /// Watch only this namespace (repeatable, or comma-separated): ClientIdentities,
+    /// ProtectedRoutes, Enrollments and their Secrets. The operator's own namespace
+    /// (--namespace) is always read for the CA, CRL and cookie keys. Unset: every
+    /// namespace.
+    #[arg(
+        long = "watch-namespace",
+        env = "PORTCULLIS_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     admin_listen: SocketAddr,
@@ -68,9 +83,15 @@ async fn run_operator(args: Operator) -> anyhow::Result<()> {
     };
     let instance = portcullis::resources::Instance::new(&args.instance, args.claim_unlabelled)
         .map_err(|e| anyhow!("--instance: {e}"))?;
-    let listener = match role {
-        operator::Role::Controller => None,
-        _ => Some(bind_gate(args.listen)?),
+    let (listener, proxy_protocol_listener) = match role {
+        operator::Role::Controller => (None, None),
+        _ => (
+            Some(bind_gate(args.listen, "--listen")?),
+            match args.proxy_protocol_listen {
+                Some(addr) => Some(bind_gate(addr, "--proxy-protocol-listen")?),
+                None => None,
+            },
+        ),
     };
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     let client = kube::Client::try_default().await.context(
@@ -88,6 +109,8 @@ async fn run_operator(args: Operator) -> anyhow::Result<()> {
         pod_name,
         instance,
         listener,
+        proxy_protocol_listener,
+        scope: portcullis::scope::Scope::from_namespaces(args.watch_namespaces),
         admin,
         seen_flush: args.proxy.seen_flush,
         settings: args.proxy.settings(),

@@ -57,8 +57,8 @@ pub(crate) async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpList
 }
 
 /// The gate's port: bound so that each proxy worker gets its own socket on it.
-pub(crate) fn bind_gate(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    proxy::bind(addr).map_err(|e| bind_error(addr, "--listen", e))
+pub(crate) fn bind_gate(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    proxy::bind(addr).map_err(|e| bind_error(addr, flag, e))
 }
 
 fn bind_error(addr: SocketAddr, flag: &str, e: std::io::Error) -> anyhow::Error {

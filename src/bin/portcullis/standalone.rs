@@ -49,7 +49,7 @@ pub(crate) fn run(args: Standalone) -> anyhow::Result<()> {
 }
 
 async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
-    let listener = bind_gate(args.listen)?;
+    let listener = bind_gate(args.listen, "--listen")?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     let listen = listener.local_addr().unwrap_or(args.listen);
 

@@ -120,6 +120,29 @@ async fn a_missing_upstream_service_is_reported_and_retried() {
 }
 
 #[tokio::test]
+async fn certificate_files_are_refused_in_the_status() {
+    let mut pr = route("ha");
+    pr.spec.server_certificate.files = Some(crate::resources::CertificateFiles {
+        certificate: "/ssl/fullchain.pem".into(),
+        key: "/ssl/privkey.pem".into(),
+    });
+    let (ctx, handle) = context(ready_ca());
+    let steps = vec![
+        step(Method::PATCH, STATUS, with_status(&pr)),
+        step(Method::POST, EVENTS, echo),
+    ];
+    let (action, seen) = scripted(handle, steps, reconcile(Arc::new(pr), ctx)).await;
+    assert_eq!(action.unwrap(), Action::await_change());
+    let ready = &seen[0].body["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "InvalidSpec");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.serverCertificate.files: works only in standalone mode"),
+        "{ready}"
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_route_touches_nothing_but_its_status() {
     let mut pr = route("ha");
     pr.spec.hosts = vec!["https://ha.example.test".into()];

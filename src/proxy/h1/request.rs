@@ -13,7 +13,7 @@ use http::{HeaderValue, Method};
 
 use super::super::conn::{self, ConnInfo};
 use super::super::forward::{earned_cookie, routed_host};
-use super::super::{Shared, contains, headers};
+use super::super::{Shared, contains, foreign, headers};
 use super::{content_length, write_header};
 use crate::admission::{self, Decision};
 use crate::snapshot::{Route, Snapshot};
@@ -73,7 +73,6 @@ fn kind(name: &str) -> Kind {
         14 if is("content-length") => Kind::ContentLength,
         15 if is("x-forwarded-for") => Kind::ForwardedFor,
         17 if is("transfer-encoding") => Kind::Fallback,
-        14 if is("http2-settings") => Kind::Fallback,
         _ if headers::is_hop_by_hop(name) || headers::is_gate_only(name) => Kind::Drop,
         _ => Kind::Forward,
     }
@@ -171,11 +170,11 @@ fn plan(
     if let Decision::Deny(_) = decision {
         return None; // hyper answers, counts and logs the refusal.
     }
-    conn::saw(shared, conn, &decision, now);
+    conn::saw(shared, conn, &decision, &host, now);
     let set_cookie = earned_cookie(&decision, snapshot, route, conn, &host, now);
 
     out.clear();
-    write_head(out, req, &method, target, &host, cookie_name, shared, conn);
+    write_head(out, req, &method, target, route, &host, shared, conn);
     if let Some(len) = body_len {
         // Written in canonical form: `05` or ` 5` mean 5 to us, maybe not to the upstream.
         write_header(out, "content-length", len.to_string().as_bytes());
@@ -204,8 +203,8 @@ fn write_head(
     req: &httparse::Request<'_, '_>,
     method: &Method,
     target: &str,
+    route: &Route,
     host: &str,
-    cookie_name: Option<&str>,
     shared: &Shared,
     conn: &ConnInfo,
 ) {
@@ -214,10 +213,11 @@ fn write_head(
     }
     write_header(out, "host", host.as_bytes());
     for h in req.headers.iter() {
-        if kind(h.name) == Kind::Forward {
+        if kind(h.name) == Kind::Forward && foreign::forwardable(h.name, &route.headers) {
             write_header(out, h.name, h.value);
         }
     }
+    let cookie_name = route.cookie.as_ref().map(|c| c.name.as_str());
     // Each of these lines is written whole in its own pass: a line assembled while other
     // headers are written would take them into its value.
     let kept_cookies = req

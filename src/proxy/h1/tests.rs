@@ -31,6 +31,7 @@ fn snapshot() -> Snapshot {
             ttl: Duration::from_secs(3600),
         }),
         bypass: Vec::new(),
+        headers: Default::default(),
     };
     let alice = LiveCert {
         identity: "alice".into(),
@@ -65,6 +66,7 @@ fn conn(shared: &Shared) -> ConnInfo {
         peer: client,
         client_cert: Some([1; 32]),
         sni: Some(HOST.into()),
+        seen_hosts: None,
         open: Arc::new(Open::new(&shared.metrics.open_connections, slot)),
         cookie_mint: CookieMint::default(),
     }
@@ -102,6 +104,10 @@ const PIECES: &[&[u8]] = &[
     b"Cookie: __Host-portcullis=v1.x; a=1\r\n",
     b"Upgrade: websocket\r\n",
     b"Expect: 100-continue\r\n",
+    b"X_Portcullis_Identity: root\r\n",
+    b"X-Forwarded-Client-Cert: Hash=1\r\n",
+    b"Remote-User: root\r\n",
+    b"HTTP2-Settings: AAMA\r\n",
 ];
 
 const SEEDS: &[&str] = &[
@@ -175,6 +181,13 @@ fn whatever_the_fast_path_forwards_is_one_unambiguous_request() {
                 .collect()
         };
         assert_eq!(values("host"), [HOST.as_bytes()], "{what:?}");
+        for (name, _) in &headers {
+            let spoof = ["x-forwarded-client-cert", "remote-user", "http2-settings"];
+            assert!(
+                !name.contains('_') && !spoof.contains(&name.as_str()),
+                "{name} forwarded: {what:?}"
+            );
+        }
         assert!(values("transfer-encoding").is_empty(), "{what:?}");
         assert!(
             values("upgrade").is_empty() && values("connection").is_empty(),

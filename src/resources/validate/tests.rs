@@ -1,6 +1,7 @@
 use super::*;
 use crate::resources::{
-    ClientAuth, IssueSpec, Pkcs12Spec, SecretKeyRef, ServerCertificate, ServiceRef,
+    CertificateFiles, ClientAuth, IssueSpec, Pkcs12Spec, SecretKeyRef, ServerCertificate,
+    ServiceRef,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
@@ -17,6 +18,8 @@ fn route() -> ProtectedRouteSpec {
             path_prefix: "/api/webhook/".into(),
             methods: Some(vec!["POST".into()]),
         }],
+        strip_headers: vec!["X-Home-User".into(), "X-Corp-*".into()],
+        allow_underscore_headers: false,
     }
 }
 
@@ -136,16 +139,53 @@ fn server_certificate_is_one_source() {
     r.server_certificate = ServerCertificate {
         issue: Some(IssueSpec {}),
         secret_name: Some("x".into()),
+        files: None,
     };
-    one(route_problems(&r), "spec.serverCertificate", "not both");
+    one(route_problems(&r), "spec.serverCertificate", "only one of");
     r.server_certificate = ServerCertificate {
         issue: None,
         secret_name: Some(" ".into()),
+        files: None,
     };
     one(
         route_problems(&r),
         "spec.serverCertificate.secretName",
         "empty",
+    );
+    let files = |certificate: &str| CertificateFiles {
+        certificate: certificate.into(),
+        key: "/ssl/privkey.pem".into(),
+    };
+    r.server_certificate = ServerCertificate {
+        issue: None,
+        secret_name: Some("x".into()),
+        files: Some(files("/ssl/fullchain.pem")),
+    };
+    one(route_problems(&r), "spec.serverCertificate", "only one of");
+    r.server_certificate = ServerCertificate {
+        files: Some(files(" ")),
+        ..ServerCertificate::default()
+    };
+    one(
+        route_problems(&r),
+        "spec.serverCertificate.files.certificate",
+        "is empty",
+    );
+}
+
+#[test]
+fn files_are_refused_in_a_cluster() {
+    let mut r = route();
+    assert_eq!(cluster_route_problems(&r), vec![]);
+    r.server_certificate.files = Some(CertificateFiles {
+        certificate: "/ssl/fullchain.pem".into(),
+        key: "/ssl/privkey.pem".into(),
+    });
+    assert_eq!(route_problems(&r), vec![]);
+    one(
+        cluster_route_problems(&r),
+        "spec.serverCertificate.files",
+        "secretName",
     );
 }
 
@@ -310,4 +350,24 @@ fn durations_follow_the_shared_table() {
             "{text:?}"
         );
     }
+}
+
+#[test]
+fn strip_headers_are_names_or_prefixes() {
+    assert!(route_problems(&route()).is_empty());
+    let mut spec = route();
+    spec.strip_headers = vec![
+        "*".into(),
+        "X-A*B".into(),
+        "X Space".into(),
+        "".into(),
+        "X-Ok".into(),
+        "X:Colon".into(),
+    ];
+    let fields: Vec<String> = route_problems(&spec).into_iter().map(|p| p.field).collect();
+    let want: Vec<String> = [0, 1, 2, 3, 5]
+        .iter()
+        .map(|i| format!("spec.stripHeaders[{i}]"))
+        .collect();
+    assert_eq!(fields, want);
 }

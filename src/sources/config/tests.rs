@@ -232,6 +232,42 @@ fn files_named_by_the_config_are_read_relative_to_it() {
 }
 
 #[test]
+fn certificate_files_are_read_relative_to_the_config_and_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = ROUTE.replace(
+        "spec:\n",
+        "spec:\n  serverCertificate:\n    files:\n      certificate: ssl/fullchain.pem\n      \
+         key: ssl/privkey.pem\n",
+    );
+    let err = parse_config(&dir.path().join("c.yaml"), &files)
+        .unwrap_err()
+        .to_string();
+    let missing = dir.path().join("ssl/fullchain.pem");
+    assert!(
+        err.contains(&format!(
+            "line 7: spec.serverCertificate.files: cannot read {}",
+            missing.display()
+        )),
+        "{err}"
+    );
+
+    let ca = crate::pki::Ca::generate("t").unwrap();
+    let cert = ca
+        .issue_server(
+            &["ha.example.org".into()],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    std::fs::create_dir(dir.path().join("ssl")).unwrap();
+    std::fs::write(&missing, &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("ssl/privkey.pem"), &cert.key_pem).unwrap();
+    let config = parse_config(&dir.path().join("c.yaml"), &files).unwrap();
+    assert_eq!(config.own_certs["ha"].certificate, missing);
+    assert!(config.watched.contains(&missing));
+    assert!(config.watched.contains(&dir.path().join("ssl/privkey.pem")));
+}
+
+#[test]
 fn unreadable_file_is_one_problem() {
     let err = load_config(Path::new("/nonexistent/portcullis.yaml")).unwrap_err();
     assert_eq!(err.0.len(), 1);
@@ -239,5 +275,32 @@ fn unreadable_file_is_one_problem() {
         err.to_string()
             .starts_with("/nonexistent/portcullis.yaml: cannot read it:"),
         "{err}"
+    );
+}
+
+#[test]
+fn strip_headers_and_the_underscore_opt_out_reach_the_route() {
+    let text =
+        format!("{ROUTE}  stripHeaders: [X-Home-User, X_Corp_*]\n  allowUnderscoreHeaders: true\n");
+    let config = parse(&text).unwrap();
+    let route = crate::sources::routes::resolve("ha", &config.routes[0].spec).unwrap();
+    let strip: Vec<(&str, bool)> = route
+        .headers
+        .strip
+        .iter()
+        .map(|p| (p.name.as_str(), p.prefix))
+        .collect();
+    assert_eq!(strip, [("x-home-user", false), ("x-corp-", true)]);
+    assert!(route.headers.allow_underscores);
+    let defaults = crate::sources::routes::resolve("ha", &parse(ROUTE).unwrap().routes[0].spec)
+        .unwrap()
+        .headers;
+    assert_eq!(defaults, Default::default());
+
+    let found = problems(&format!("{ROUTE}  stripHeaders: [\"X Bad\"]\n"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("spec.stripHeaders[0]") && found[0].contains("not a header name"),
+        "{found:?}"
     );
 }

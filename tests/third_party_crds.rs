@@ -1,0 +1,401 @@
+//! The chart and the examples against the real CRDs of what they plug into, on a real API
+//! server (tests/envtest): Traefik's IngressRouteTCP / ServersTransportTCP for each Traefik
+//! major k3s ships, and the Argo CD / Flux objects of examples/k8s/ in their documented order.
+//!
+//! The CRDs are vendored, pinned and unmodified, under tests/vendor/ (source, version and
+//! licence in tests/vendor/README.md; tests/vendor/refresh.sh refreshes them). Objects are
+//! applied server-side with strict field validation, as `kubectl apply --server-side` does:
+//! a field the CRD does not declare is an error, not silently pruned.
+//!
+//! One API server serves every test here (a `static` Envtest); the tests use disjoint
+//! namespaces and CRDs, except the Portcullis CRDs, whose apply is idempotent.
+
+#[path = "envtest/mod.rs"]
+#[allow(dead_code)]
+mod envtest;
+#[path = "helm/support.rs"]
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams, ValidationDirective};
+use kube::discovery::{self, Scope};
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+
+use envtest::Envtest;
+use support::*;
+
+/// The one control plane of this test binary.
+async fn client() -> Client {
+    static ENV: OnceLock<Envtest> = OnceLock::new();
+    ENV.get_or_init(Envtest::start).client().await
+}
+
+fn vendored(file: &str) -> Vec<Value> {
+    let path = manifest_dir().join("tests/vendor").join(file);
+    documents(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
+}
+
+/// The `# Source:` line of a vendored file (which module and version it came from).
+fn source_of(file: &str) -> String {
+    let path = manifest_dir().join("tests/vendor").join(file);
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# Source: "))
+        .expect("a vendored file names its source")
+        .to_owned()
+}
+
+fn example(file: &str) -> Vec<Value> {
+    let path = manifest_dir().join("examples/k8s").join(file);
+    documents(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
+}
+
+/// Server-side apply of one object with strict field validation (kubectl's default): an
+/// undeclared field, a wrong type or an unknown kind is an error naming it.
+async fn apply_strict(client: &Client, doc: &Value) -> Result<(), String> {
+    let obj: DynamicObject =
+        serde_json::from_value(doc.clone()).map_err(|e| format!("not an object: {e}"))?;
+    let types = obj
+        .types
+        .as_ref()
+        .ok_or("a document has no apiVersion/kind")?;
+    let gvk = GroupVersionKind::try_from(types).map_err(|e| e.to_string())?;
+    let what = format!("{} {}", types.kind, obj.name_any());
+    let (ar, caps) = discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("{what}: the API server does not serve this kind: {e}"))?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => {
+            let ns = obj.namespace().ok_or(format!("{what} has no namespace"))?;
+            ensure_namespace(client, &ns).await?;
+            Api::namespaced_with(client.clone(), &ns, &ar)
+        }
+        Scope::Cluster => Api::all_with(client.clone(), &ar),
+    };
+    let mut params = PatchParams::apply(MANAGER).force();
+    params.field_validation = Some(ValidationDirective::Strict);
+    api.patch(&obj.name_any(), &params, &Patch::Apply(&obj))
+        .await
+        .map_err(|e| format!("applying {what}: {e}"))?;
+    Ok(())
+}
+
+/// [`apply_strict`] of every document, retrying for a few seconds: a CRD just created or
+/// replaced takes a moment to be served with its new schema.
+async fn apply_all(client: &Client, docs: &[Value]) -> Result<(), String> {
+    for doc in docs {
+        let mut last = String::new();
+        wait_for(
+            "apply",
+            Duration::from_secs(15),
+            async || match apply_strict(client, doc).await {
+                Ok(()) => Some(()),
+                Err(e) => {
+                    last = e;
+                    None
+                }
+            },
+        )
+        .await
+        .map_err(|_| last.clone())?;
+    }
+    Ok(())
+}
+
+/// The chart's Traefik objects for `proxyProtocolVia` = `via`, in namespace `ns`.
+fn traefik_objects(ns: &str, via: &str) -> Vec<Value> {
+    let via = format!("traefik.ingressRouteTCP.proxyProtocolVia={via}");
+    let yaml = template_in(
+        ns,
+        &[
+            "--set",
+            "traefik.ingressRouteTCP.enabled=true",
+            "--set",
+            "traefik.ingressRouteTCP.hosts={ha.example.org}",
+            "--set",
+            "service.type=ClusterIP",
+            "--set",
+            &via,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("helm template ({via}): {e}"));
+    documents(&yaml)
+        .into_iter()
+        .filter(|d| {
+            d["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("traefik.io/"))
+        })
+        .collect()
+}
+
+/// What the API server stored for the route's service: the PROXY protocol settings must
+/// have survived (a field the schema lacks would be an error, never silently dropped).
+async fn stored_route_service(client: &Client, ns: &str) -> Value {
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("traefik.io", "v1alpha1", "IngressRouteTCP"),
+        "ingressroutetcps",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let route = api.get(RELEASE).await.expect("the stored IngressRouteTCP");
+    assert_eq!(route.data["spec"]["tls"]["passthrough"], true);
+    route.data["spec"]["routes"][0]["services"][0].clone()
+}
+
+/// Per Traefik major: the default (`proxyProtocolVia: service`) applies to Traefik 2.11 and
+/// 3.x CRDs alike; `serversTransport` needs Traefik 3 (v2 has neither the ServersTransportTCP
+/// kind nor a route service's `serversTransport` field). Traefik 2 first, then its CRDs are
+/// replaced by Traefik 3's, as a k3s upgrade past 1.31 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_objects_apply_to_the_traefik_crds_k3s_ships() {
+    let client = client().await;
+    let mut results = Vec::new();
+
+    // Traefik 2.11 (k3s <= 1.31).
+    apply(&client, &vendored("traefik-v2-crds.yaml"))
+        .await
+        .unwrap();
+    let v2 = source_of("traefik-v2-crds.yaml");
+    apply_all(&client, &traefik_objects("traefik-v2-service", "service"))
+        .await
+        .unwrap_or_else(|e| panic!("the default must apply to Traefik 2 ({v2}): {e}"));
+    let service = stored_route_service(&client, "traefik-v2-service").await;
+    assert_eq!(service["proxyProtocol"]["version"], 2, "{service}");
+    results.push(format!("{v2}: proxyProtocolVia=service applies"));
+
+    let objects = traefik_objects("traefik-v2-transport", "serversTransport");
+    let route = find(&objects, "IngressRouteTCP", None).unwrap();
+    let err = apply_strict(&client, route)
+        .await
+        .expect_err("Traefik 2's IngressRouteTCP has no services[].serversTransport");
+    assert!(
+        err.contains("serversTransport") && err.contains("field not declared in schema"),
+        "{err}"
+    );
+    let transport = find(&objects, "ServersTransportTCP", None).unwrap();
+    let err = apply_strict(&client, transport)
+        .await
+        .expect_err("Traefik 2 has no ServersTransportTCP");
+    assert!(err.contains("does not serve this kind"), "{err}");
+    results.push(format!(
+        "{v2}: proxyProtocolVia=serversTransport refused (no ServersTransportTCP kind, no serversTransport field)"
+    ));
+
+    // Traefik 3 (k3s >= 1.32): both ways.
+    apply(&client, &vendored("traefik-v3-crds.yaml"))
+        .await
+        .unwrap();
+    let v3 = source_of("traefik-v3-crds.yaml");
+    apply_all(&client, &traefik_objects("traefik-v3-service", "service"))
+        .await
+        .unwrap_or_else(|e| panic!("the default must apply to Traefik 3 ({v3}): {e}"));
+    let service = stored_route_service(&client, "traefik-v3-service").await;
+    assert_eq!(service["proxyProtocol"]["version"], 2, "{service}");
+    results.push(format!("{v3}: proxyProtocolVia=service applies"));
+
+    apply_all(
+        &client,
+        &traefik_objects("traefik-v3-transport", "serversTransport"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("serversTransport must apply to Traefik 3 ({v3}): {e}"));
+    let service = stored_route_service(&client, "traefik-v3-transport").await;
+    assert_eq!(service["serversTransport"], RELEASE, "{service}");
+    assert!(service.get("proxyProtocol").is_none(), "{service}");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("traefik.io", "v1alpha1", "ServersTransportTCP"),
+        "serverstransporttcps",
+    );
+    let transports: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "traefik-v3-transport", &ar);
+    let stored = transports.get(RELEASE).await.unwrap();
+    assert_eq!(stored.data["spec"]["proxyProtocol"]["version"], 2);
+    results.push(format!("{v3}: proxyProtocolVia=serversTransport applies"));
+
+    eprintln!("{}", results.join("\n"));
+}
+
+/// The chart's default is the way that works on every Traefik k3s ships.
+#[test]
+fn the_default_proxy_protocol_way_works_on_traefik_2_and_3() {
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        values["traefik"]["ingressRouteTCP"]["proxyProtocolVia"].as_str(),
+        Some("service"),
+        "serversTransport fails on Traefik 2 (k3s <= 1.31): see traefik_objects_apply_to_the_traefik_crds_k3s_ships"
+    );
+}
+
+/// A LoadBalancer on 443 (or 80) is refused with a message saying why and what to do; the
+/// ways that work render.
+#[test]
+fn a_load_balancer_on_traefiks_ports_is_refused() {
+    for port in ["443", "80"] {
+        let err = template(&["--set", &format!("service.port={port}")])
+            .expect_err("LoadBalancer on a port Traefik holds");
+        for words in [
+            &format!("service.port {port} with service.type LoadBalancer"),
+            "Traefik's LoadBalancer already holds ports 80 and 443",
+            "svclb pods stay Pending",
+            "traefik.ingressRouteTCP.enabled=true with service.type=ClusterIP",
+            "service.checkTraefikPorts=false",
+        ] {
+            assert!(err.contains(words), "{words:?} in {err}");
+        }
+    }
+    for ok in [
+        vec![],
+        vec![
+            "--set",
+            "service.port=443",
+            "--set",
+            "service.type=ClusterIP",
+        ],
+        vec![
+            "--set",
+            "service.port=443",
+            "--set",
+            "service.type=NodePort",
+        ],
+        vec![
+            "--set",
+            "service.port=443",
+            "--set",
+            "service.checkTraefikPorts=false",
+        ],
+        vec![
+            "--set",
+            "service.port=443",
+            "--set",
+            "service.type=ClusterIP",
+            "--set",
+            "traefik.ingressRouteTCP.enabled=true",
+            "--set",
+            "traefik.ingressRouteTCP.hosts={ha.example.org}",
+        ],
+    ] {
+        let docs = documents(&template(&ok).unwrap_or_else(|e| panic!("{ok:?}: {e}")));
+        assert!(find(&docs, "Service", Some(RELEASE)).is_some(), "{ok:?}");
+    }
+}
+
+/// The HelmChartConfig that keeps client addresses through ServiceLB into Traefik: in
+/// kube-system, named after k3s's Traefik chart, `externalTrafficPolicy: Local` in the
+/// values k3s merges into that chart.
+#[test]
+fn the_traefik_helmchartconfig_example_keeps_client_addresses() {
+    let docs = example("traefik-helmchartconfig.yaml");
+    let config = find(&docs, "HelmChartConfig", Some("traefik")).expect("a HelmChartConfig");
+    assert_eq!(config["apiVersion"], "helm.cattle.io/v1");
+    assert_eq!(config["metadata"]["namespace"], "kube-system");
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(config["spec"]["valuesContent"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        values["service"]["spec"]["externalTrafficPolicy"].as_str(),
+        Some("Local")
+    );
+}
+
+/// The GitOps examples in their documented order on a real API server: Argo CD's and Flux's
+/// CRDs (as installing them does), then the Applications, GitRepository, HelmRelease and
+/// Kustomizations, validated against those real schemas; the devices are refused while the
+/// Portcullis CRDs are missing (why the order matters) and apply once the chart's CRDs are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitops_examples_validate_against_argo_cd_and_flux_in_order() {
+    let client = client().await;
+    let mut devices = example("protectedroute-home-assistant.yaml");
+    devices.extend(example("clientidentity.yaml"));
+
+    // 1. Argo CD and Flux installed: their CRDs.
+    for file in [
+        "argocd-application-crd.yaml",
+        "flux-gitrepository-crd.yaml",
+        "flux-helmrelease-crd.yaml",
+        "flux-kustomization-crd.yaml",
+    ] {
+        apply(&client, &vendored(file))
+            .await
+            .unwrap_or_else(|e| panic!("{file} ({}): {e}", source_of(file)));
+    }
+
+    // 2. What a user commits: the Applications, or the Flux source, release and Kustomizations.
+    let mut gitops = example("application-argocd.yaml");
+    gitops.extend(example("helmrelease-flux.yaml"));
+    gitops.extend(example("kustomization-flux.yaml"));
+    assert_eq!(
+        kinds(&gitops),
+        [
+            "Application",
+            "GitRepository",
+            "HelmRelease",
+            "Kustomization",
+            "Namespace"
+        ]
+        .map(str::to_owned)
+        .into()
+    );
+    apply_all(&client, &gitops)
+        .await
+        .unwrap_or_else(|e| panic!("the GitOps examples against the real CRDs: {e}"));
+
+    // Before the chart's CRDs exist the devices cannot apply: what the ordering prevents.
+    let early = apply_strict(&client, &devices[0]).await;
+    assert!(
+        early
+            .as_ref()
+            .is_err_and(|e| e.contains("does not serve this kind")),
+        "{early:?}"
+    );
+
+    // 3. The operator's sync installs the chart's CRDs; then the devices apply.
+    let crds: Vec<Value> = documents(&template(&[]).unwrap())
+        .into_iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    apply(&client, &crds).await.unwrap();
+    apply_all(&client, &devices)
+        .await
+        .unwrap_or_else(|e| panic!("the device examples against the chart's CRDs: {e}"));
+}
+
+/// The examples spell out the order: Argo CD's devices Application comes in a later wave,
+/// skips the dry run while the CRDs are missing and retries; Flux's devices Kustomization
+/// depends on the one that waits for the HelmRelease.
+#[test]
+fn gitops_examples_order_crds_before_custom_resources() {
+    let argo = example("application-argocd.yaml");
+    let wave = |name: &str| -> i64 {
+        let app = find(&argo, "Application", Some(name)).unwrap();
+        app["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(wave("portcullis") < wave("portcullis-devices"));
+    let devices = find(&argo, "Application", Some("portcullis-devices")).unwrap();
+    let policy = &devices["spec"]["syncPolicy"];
+    assert!(
+        policy["syncOptions"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("SkipDryRunOnMissingResource=true")),
+        "{policy}"
+    );
+    assert!(policy["retry"]["limit"].as_i64().unwrap() > 0, "{policy}");
+
+    let flux = example("kustomization-flux.yaml");
+    let operator = find(&flux, "Kustomization", Some("portcullis")).unwrap();
+    assert_eq!(operator["spec"]["wait"], true);
+    let devices = find(&flux, "Kustomization", Some("portcullis-devices")).unwrap();
+    assert_eq!(
+        devices["spec"]["dependsOn"][0]["name"], "portcullis",
+        "{devices}"
+    );
+}
