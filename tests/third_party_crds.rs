@@ -17,11 +17,9 @@ mod envtest;
 mod support;
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams, ValidationDirective};
-use kube::discovery::{self, Scope};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{DynamicObject, GroupVersionKind};
+use kube::{Api, Client};
 use serde_json::Value;
 
 use envtest::Envtest;
@@ -54,54 +52,21 @@ fn example(file: &str) -> Vec<Value> {
     documents(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
 }
 
-/// Server-side apply of one object with strict field validation (kubectl's default): an
-/// undeclared field, a wrong type or an unknown kind is an error naming it.
+/// [`support::apply_one`] (strict, as kubectl), creating the object's namespace first.
 async fn apply_strict(client: &Client, doc: &Value) -> Result<(), String> {
-    let obj: DynamicObject =
-        serde_json::from_value(doc.clone()).map_err(|e| format!("not an object: {e}"))?;
-    let types = obj
-        .types
-        .as_ref()
-        .ok_or("a document has no apiVersion/kind")?;
-    let gvk = GroupVersionKind::try_from(types).map_err(|e| e.to_string())?;
-    let what = format!("{} {}", types.kind, obj.name_any());
-    let (ar, caps) = discovery::pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| format!("{what}: the API server does not serve this kind: {e}"))?;
-    let api: Api<DynamicObject> = match caps.scope {
-        Scope::Namespaced => {
-            let ns = obj.namespace().ok_or(format!("{what} has no namespace"))?;
-            ensure_namespace(client, &ns).await?;
-            Api::namespaced_with(client.clone(), &ns, &ar)
-        }
-        Scope::Cluster => Api::all_with(client.clone(), &ar),
-    };
-    let mut params = PatchParams::apply(MANAGER).force();
-    params.field_validation = Some(ValidationDirective::Strict);
-    api.patch(&obj.name_any(), &params, &Patch::Apply(&obj))
-        .await
-        .map_err(|e| format!("applying {what}: {e}"))?;
-    Ok(())
+    if let Some(ns) = doc["metadata"]["namespace"].as_str() {
+        ensure_namespace(client, ns).await?;
+    }
+    support::apply_one(client, doc).await
 }
 
-/// [`apply_strict`] of every document, retrying for a few seconds: a CRD just created or
-/// replaced takes a moment to be served with its new schema.
+/// Every document in order, each retried briefly ([`support::apply_retrying`]).
 async fn apply_all(client: &Client, docs: &[Value]) -> Result<(), String> {
     for doc in docs {
-        let mut last = String::new();
-        wait_for(
-            "apply",
-            Duration::from_secs(15),
-            async || match apply_strict(client, doc).await {
-                Ok(()) => Some(()),
-                Err(e) => {
-                    last = e;
-                    None
-                }
-            },
-        )
-        .await
-        .map_err(|_| last.clone())?;
+        if let Some(ns) = doc["metadata"]["namespace"].as_str() {
+            ensure_namespace(client, ns).await?;
+        }
+        support::apply_retrying(client, doc).await?;
     }
     Ok(())
 }

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    ValidationDirective,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{self, Scope};
 use kube::{Api, Client, Config, ResourceExt};
@@ -194,26 +197,33 @@ pub async fn apply(client: &Client, docs: &[Value]) -> Result<(), String> {
         ensure_namespace(client, ns).await?;
     }
     for doc in rest {
-        // Discovery of a just-established CRD can lag a moment: retry briefly.
-        let mut last = String::new();
-        let ok = wait_for(
-            "apply",
-            Duration::from_secs(15),
-            async || match apply_one(client, doc).await {
-                Ok(()) => Some(()),
-                Err(e) => {
-                    last = e;
-                    None
-                }
-            },
-        )
-        .await;
-        ok.map_err(|_| last.clone())?;
+        apply_retrying(client, doc).await?;
     }
     Ok(())
 }
 
-async fn apply_one(client: &Client, doc: &Value) -> Result<(), String> {
+/// [`apply_one`], retrying for a few seconds: a CRD just created or replaced takes a moment
+/// to be discovered and served with its new schema.
+pub async fn apply_retrying(client: &Client, doc: &Value) -> Result<(), String> {
+    let mut last = String::new();
+    let ok = wait_for(
+        "apply",
+        Duration::from_secs(15),
+        async || match apply_one(client, doc).await {
+            Ok(()) => Some(()),
+            Err(e) => {
+                last = e;
+                None
+            }
+        },
+    )
+    .await;
+    ok.map_err(|_| last.clone())
+}
+
+/// Server-side apply of one object with strict field validation (kubectl's default): an
+/// undeclared field, a wrong type or an unknown kind is an error naming it.
+pub async fn apply_one(client: &Client, doc: &Value) -> Result<(), String> {
     let obj: DynamicObject =
         serde_json::from_value(doc.clone()).map_err(|e| format!("not an object: {e}"))?;
     let types = obj
@@ -224,7 +234,7 @@ async fn apply_one(client: &Client, doc: &Value) -> Result<(), String> {
     let what = format!("{} {}", types.kind, obj.name_any());
     let (ar, caps) = discovery::pinned_kind(client, &gvk)
         .await
-        .map_err(|e| format!("{what}: discovery: {e}"))?;
+        .map_err(|e| format!("{what}: the API server does not serve this kind: {e}"))?;
     let api: Api<DynamicObject> = match caps.scope {
         Scope::Namespaced => {
             let ns = obj.namespace().ok_or(format!("{what} has no namespace"))?;
@@ -232,13 +242,11 @@ async fn apply_one(client: &Client, doc: &Value) -> Result<(), String> {
         }
         Scope::Cluster => Api::all_with(client.clone(), &ar),
     };
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .map_err(|e| format!("applying {what}: {e}"))?;
+    let mut params = PatchParams::apply(MANAGER).force();
+    params.field_validation = Some(ValidationDirective::Strict);
+    api.patch(&obj.name_any(), &params, &Patch::Apply(&obj))
+        .await
+        .map_err(|e| format!("applying {what}: {e}"))?;
     Ok(())
 }
 
