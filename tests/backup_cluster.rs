@@ -82,6 +82,10 @@ async fn a_restored_cluster_keeps_ca_devices_revocations_and_cookies() {
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
     apply(&ids, &identity("phone", json!({}))).await.unwrap();
     apply(&ids, &identity("tablet", json!({}))).await.unwrap();
+    // Another release's device: not this backup's to keep.
+    let mut theirs = identity("theirs", json!({}));
+    theirs["metadata"]["labels"] = json!({ names::INSTANCE_LABEL: "other-release" });
+    apply(&ids, &theirs).await.unwrap();
     apply(
         &Api::<ProtectedRoute>::namespaced(admin.clone(), NS),
         &url_route("ha", &[HOST], upstream.addr),
@@ -204,6 +208,10 @@ async fn a_restored_cluster_keeps_ca_devices_revocations_and_cookies() {
 
     // The restored Secrets are owned by the restored identities' new UIDs.
     let restored_ids: Api<ClientIdentity> = Api::namespaced(fresh.clone(), NS);
+    assert!(
+        restored_ids.get_opt("theirs").await.unwrap().is_none(),
+        "another release's ClientIdentity is not in this release's backup"
+    );
     let restored_phone = secret(&fresh, NS, "phone-client").await.unwrap();
     let new_uid = restored_ids.get("phone").await.unwrap().uid();
     let owner = &restored_phone.owner_references()[0];

@@ -40,11 +40,13 @@ fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 // === backup ===
 
 /// Reads everything the backup holds from the cluster. `namespace` is the operator's, where
-/// the CA Secret `ca_secret` lives; custom resources are read from every namespace.
+/// the CA Secret `ca_secret` lives; custom resources are read from every namespace, those of
+/// release `instance` only (another release's devices are another CA's).
 pub async fn collect_cluster(
     client: &Client,
     namespace: &str,
     ca_secret: &str,
+    instance: &Instance,
 ) -> Result<ClusterContents> {
     let ops: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let get = async |name: &str| {
@@ -61,8 +63,10 @@ pub async fn collect_cluster(
     let crl = get(CRL_SECRET).await?;
     let cookie_keys = get(COOKIE_KEYS_SECRET).await?;
 
-    let identities = list_all::<ClientIdentity>(client, "ClientIdentities").await?;
-    let routes = list_all::<ProtectedRoute>(client, "ProtectedRoutes").await?;
+    let mut identities = list_all::<ClientIdentity>(client, "ClientIdentities").await?;
+    identities.retain(|ci| instance.claims(ci.meta()));
+    let mut routes = list_all::<ProtectedRoute>(client, "ProtectedRoutes").await?;
+    routes.retain(|route| instance.claims(route.meta()));
     let mut owned_secrets = Vec::new();
     for ci in &identities {
         let secret = owned_secret(client, ci, &identity_secret_name(&ci.name_any())).await?;

@@ -48,6 +48,14 @@ pub(crate) struct Backup {
     /// Kubernetes: the CA Secret's name (the operator's --ca-secret).
     #[arg(long, default_value = CA_SECRET, conflicts_with = "state_dir")]
     ca_secret: String,
+    /// Kubernetes: the release to back up (the operator's --instance; the chart's release
+    /// name): only its ProtectedRoutes and ClientIdentities are kept.
+    #[arg(long, env = "PORTCULLIS_INSTANCE", default_value = DEFAULT_INSTANCE)]
+    instance: String,
+    /// Kubernetes: whether that release claims objects without a portcullis.dev/instance
+    /// label (the operator's --claim-unlabelled).
+    #[arg(long, env = "PORTCULLIS_CLAIM_UNLABELLED", default_value_t = true, action = clap::ArgAction::Set)]
+    claim_unlabelled: bool,
 }
 
 /// `portcullis restore`.
@@ -75,8 +83,10 @@ pub(crate) fn backup(args: Backup) -> anyhow::Result<()> {
             args.config.as_deref(),
         )?),
         Mode::Kubernetes(ns) => Contents::Kubernetes(Box::new(runtime()?.block_on(async {
+            let instance = Instance::new(&args.instance, args.claim_unlabelled)
+                .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
             let client = client().await?;
-            backup::collect_cluster(&client, &ns, &args.ca_secret)
+            backup::collect_cluster(&client, &ns, &args.ca_secret, &instance)
                 .await
                 .map_err(anyhow::Error::from)
         })?)),
