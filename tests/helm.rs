@@ -546,7 +546,11 @@ fn chart_names_match_the_code() {
     ]);
     assert_eq!(named[1]["resourceNames"], own);
     let proxy = find(&docs, "Role", Some("portcullis-proxy")).unwrap();
-    assert_eq!(proxy["rules"][0]["resourceNames"], own);
+    // The proxy: the CRL (which carries the CA certificate) and cookie keys, not the CA.
+    assert_eq!(
+        proxy["rules"][0]["resourceNames"],
+        json!([names::CRL_SECRET, names::COOKIE_KEYS_SECRET])
+    );
     assert!(args(&docs).contains(&format!("--ca-secret={}", names::CA_SECRET)));
     let notes = std::fs::read_to_string(chart_dir().join("templates/NOTES.txt")).unwrap();
     assert!(notes.contains(&format!("secret {}", names::identity_secret_name("phone"))));
