@@ -248,12 +248,13 @@ fn options() -> Vec<ChartOption> {
                     assert!(allowed.contains(&verb.as_str().unwrap()), "{rule}");
                 }
             }
-            // In the release namespace: the CA, CRL and cookie keys, read by name.
+            // In the release namespace: the CRL (with the CA certificate) and cookie keys,
+            // read by name; never the CA Secret, which holds the CA key.
             let own = find(docs, "Role", Some("portcullis-proxy")).unwrap();
             assert_eq!(
                 own["rules"],
                 json!([{"apiGroups": [""], "resources": ["secrets"],
-                        "resourceNames": ["portcullis-ca", "portcullis-crl", "portcullis-cookie-keys"],
+                        "resourceNames": ["portcullis-crl", "portcullis-cookie-keys"],
                         "verbs": ["get", "list", "watch"]}])
             );
         }),
@@ -545,7 +546,11 @@ fn chart_names_match_the_code() {
     ]);
     assert_eq!(named[1]["resourceNames"], own);
     let proxy = find(&docs, "Role", Some("portcullis-proxy")).unwrap();
-    assert_eq!(proxy["rules"][0]["resourceNames"], own);
+    // The proxy: the CRL (which carries the CA certificate) and cookie keys, not the CA.
+    assert_eq!(
+        proxy["rules"][0]["resourceNames"],
+        json!([names::CRL_SECRET, names::COOKIE_KEYS_SECRET])
+    );
     assert!(args(&docs).contains(&format!("--ca-secret={}", names::CA_SECRET)));
     let notes = std::fs::read_to_string(chart_dir().join("templates/NOTES.txt")).unwrap();
     assert!(notes.contains(&format!("secret {}", names::identity_secret_name("phone"))));
@@ -1012,6 +1017,7 @@ async fn the_chart_rbac_passes_the_operator_scenario() {
         .await
         .expect("the chart applies");
     let (controller, proxy) = split_accounts(&env.kubeconfig, &admin, dir.path(), "default").await;
+    let proxy_reader = proxy.clone();
     // Generous per-step limit: the last step waits for the garbage collector, which learns
     // of a new CRD's kind only on its periodic resync (up to ~30 s, plus its backoff).
     let started = std::time::Instant::now();
@@ -1031,6 +1037,42 @@ async fn the_chart_rbac_passes_the_operator_scenario() {
         report.event_reasons.iter().any(|r| r == "Issued"),
         "{report:?}"
     );
+    // The proxy admitted the scenario's devices without ever reading the CA Secret.
+    proxy_cannot_read_the_ca(&admin, &proxy_reader).await;
+}
+
+/// The proxy's account is refused the CA Secret (it holds the CA's private key), which
+/// exists; the CRL Secret it reads instead holds the CA certificate and no key.
+async fn proxy_cannot_read_the_ca(admin: &Client, proxy: &Client) {
+    let own = Api::<Secret>::namespaced(admin.clone(), NAMESPACE);
+    let ca = own
+        .get("portcullis-ca")
+        .await
+        .expect("the controller created the CA");
+    let crl = own
+        .get("portcullis-crl")
+        .await
+        .expect("the controller wrote the CRL");
+    let data = |s: &Secret, key: &str| s.data.as_ref().and_then(|d| d.get(key)).cloned();
+    assert_eq!(
+        data(&crl, "ca.crt"),
+        data(&ca, "tls.crt"),
+        "the CA certificate is published in the CRL Secret"
+    );
+    for (key, value) in crl.data.iter().flatten() {
+        assert!(
+            !String::from_utf8_lossy(&value.0).contains("PRIVATE KEY"),
+            "portcullis-crl {key} holds a private key"
+        );
+    }
+    let err = Api::<Secret>::namespaced(proxy.clone(), NAMESPACE)
+        .get("portcullis-ca")
+        .await
+        .expect_err("the proxy read the CA Secret");
+    match err {
+        kube::Error::Api(s) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("{other}"),
+    }
 }
 
 /// Clients for the chart's two ServiceAccounts (split mode), once RBAC lets each list
@@ -1099,8 +1141,12 @@ async fn the_proxy_account_writes_no_secret_and_reads_none_outside_watch_namespa
         (false, "get", elsewhere, Some("any")),
         (false, "list", None, None),
         (false, "list", release, None),
-        (true, "watch", release, Some("portcullis-ca")),
+        (true, "watch", release, Some("portcullis-crl")),
         (true, "get", release, Some("portcullis-cookie-keys")),
+        // The CA Secret holds the CA key: the proxy reads the certificate in portcullis-crl.
+        (false, "get", release, Some("portcullis-ca")),
+        (false, "list", release, Some("portcullis-ca")),
+        (false, "watch", release, Some("portcullis-ca")),
         (
             false,
             "get",
@@ -1154,6 +1200,7 @@ async fn the_proxy_account_writes_no_secret_and_reads_none_outside_watch_namespa
     .unwrap();
     outside.create(&PostParams::default(), &ci).await.unwrap();
 
+    let proxy_reader = proxy.clone();
     let credentials = cluster::Credentials::Split { controller, proxy };
     let scope = Scope::Namespaces(vec!["home".into()]);
     let report = shared_scenario(
@@ -1166,6 +1213,9 @@ async fn the_proxy_account_writes_no_secret_and_reads_none_outside_watch_namespa
     .await
     .unwrap_or_else(|e| panic!("the scenario failed watching only home: {e}"));
     assert_eq!(report.controller_failures, 0.0, "{report:?}");
+    // The devices were admitted with the CA certificate the controller published; the CA
+    // Secret itself, which exists now, stays out of the proxy's reach.
+    proxy_cannot_read_the_ca(&admin, &proxy_reader).await;
     let stranger = Api::<Secret>::namespaced(admin.clone(), "elsewhere")
         .get_opt("stranger-client")
         .await

@@ -1,5 +1,7 @@
-//! The CRL Secret: `crl.pem` signed by the CA, and `revoked.json`, the ledger of every
-//! serial ever revoked, so serials of deleted identities stay listed.
+//! The CRL Secret: `crl.pem` signed by the CA, `revoked.json`, the ledger of every serial
+//! ever revoked, so serials of deleted identities stay listed, and `ca.crt`, the CA
+//! certificate the data plane trusts — published here so that the data plane, which faces
+//! the internet, never needs to read the CA Secret and its private key.
 //!
 //! ```text
 //!  revoke / delete / supersede ──▶ Crl::publish(additions)
@@ -19,7 +21,7 @@ use tokio::sync::Mutex;
 
 use super::apply::{SecretSpec, apply_params, secret_bytes, secret_text};
 use super::names::{
-    CRL_CA_ANNOTATION, CRL_KEY, CRL_LEDGER_ANNOTATION, CRL_LEDGER_KEY, CRL_SECRET,
+    CA_CRT, CRL_CA_ANNOTATION, CRL_KEY, CRL_LEDGER_ANNOTATION, CRL_LEDGER_KEY, CRL_SECRET,
     CRL_SIGNED_AT_ANNOTATION,
 };
 use super::ownership::operator_secret_conflict;
@@ -100,6 +102,7 @@ pub fn plan(
     let annotation =
         |key: &str| existing.and_then(|s| s.metadata.annotations.as_ref()?.get(key).cloned());
     let stale = existing.and_then(|s| secret_text(s, CRL_KEY)).is_none()
+        || published_ca_sha256(existing) != ca_sha256.map(str::to_owned)
         || annotation(CRL_CA_ANNOTATION).as_deref() != ca_sha256
         || annotation(CRL_LEDGER_ANNOTATION) != Some(digest)
         || next_refresh(existing).is_none_or(|t| now >= t);
@@ -108,6 +111,13 @@ pub fn plan(
         ledger_changed,
         sign: ca_sha256.is_some() && (ledger_changed || stale),
     })
+}
+
+/// SHA-256 (hex) of the CA certificate published in `ca.crt` (an older release wrote none).
+pub fn published_ca_sha256(secret: Option<&Secret>) -> Option<String> {
+    let pem = secret_text(secret?, CA_CRT)?;
+    let der = crate::pki::first_cert_der(pem).ok()?;
+    Some(sha256_hex(&der))
 }
 
 /// When the CRL in `secret` is due to be re-signed.
@@ -240,6 +250,8 @@ pub fn desired_secret(
                 .map_or(1, |d| d.as_secs());
             let pem = ca.crl(&plan.ledger, number, CRL_VALIDITY)?;
             data.insert(CRL_KEY.to_owned(), pem.into_bytes());
+            // Only the certificate: the data plane verifies devices with it.
+            data.insert(CA_CRT.to_owned(), ca.cert_pem().as_bytes().to_vec());
             annotations.push((
                 CRL_SIGNED_AT_ANNOTATION,
                 humantime::format_rfc3339_seconds(now).to_string(),
@@ -248,9 +260,12 @@ pub fn desired_secret(
             annotations.push((CRL_LEDGER_ANNOTATION, sha256_hex(&ledger)));
         }
         None => {
-            // Keep the last signed CRL and its annotations until a CA can sign again.
-            if let Some(old) = existing.and_then(|s| secret_bytes(s, CRL_KEY)) {
-                data.insert(CRL_KEY.to_owned(), old.to_vec());
+            // Keep the last signed CRL, the CA certificate it was signed with and their
+            // annotations until a CA can sign again.
+            for key in [CRL_KEY, CA_CRT] {
+                if let Some(old) = existing.and_then(|s| secret_bytes(s, key)) {
+                    data.insert(key.to_owned(), old.to_vec());
+                }
             }
             let old = existing.and_then(|s| s.metadata.annotations.as_ref());
             for key in [

@@ -2,6 +2,13 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 
+fn with_ca_crt(secret: &mut Secret, pem: &str) {
+    secret.data.get_or_insert_default().insert(
+        CA_CRT.into(),
+        k8s_openapi::ByteString(pem.as_bytes().to_vec()),
+    );
+}
+
 fn revoked(serial: &str, secs: u64) -> RevokedSerial {
     RevokedSerial {
         serial_hex: serial.to_owned(),
@@ -69,46 +76,51 @@ fn plan_signs_only_when_something_changed_or_it_is_due() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let ledger = vec![revoked("01", 1)];
     let digest = sha256_hex(&ledger_json(&ledger).unwrap());
-    let fresh = |signed: SystemTime, ca: &str| {
-        crl_secret(
+    let (ca1, ca2) = (Ca::generate("one").unwrap(), Ca::generate("two").unwrap());
+    let fresh = |signed: SystemTime, ca: &Ca| {
+        let mut secret = crl_secret(
             &ledger,
             &[
                 (
                     CRL_SIGNED_AT_ANNOTATION,
                     humantime::format_rfc3339_seconds(signed).to_string(),
                 ),
-                (CRL_CA_ANNOTATION, ca.to_owned()),
+                (CRL_CA_ANNOTATION, sha256_hex(ca.cert_der())),
                 (CRL_LEDGER_ANNOTATION, digest.clone()),
             ],
             true,
-        )
+        );
+        with_ca_crt(&mut secret, ca.cert_pem());
+        secret
     };
+    let (ca1_id, ca2_id) = (sha256_hex(ca1.cert_der()), sha256_hex(ca2.cert_der()));
+    let (ca1_id, ca2_id) = (ca1_id.as_str(), ca2_id.as_str());
     let hour = Duration::from_secs(3600);
 
     // Up to date: nothing to do, and the next refresh is a day after signing.
-    let current = fresh(now - hour, "ca1");
-    let p = plan(Some(&current), &[revoked("01", 99)], Some("ca1"), now).unwrap();
+    let current = fresh(now - hour, &ca1);
+    let p = plan(Some(&current), &[revoked("01", 99)], Some(ca1_id), now).unwrap();
     assert!(!p.ledger_changed && !p.sign);
     assert_eq!(next_refresh(Some(&current)), Some(now - hour + CRL_REFRESH));
 
     // A new serial, a new CA, an old CRL, no CRL at all: sign.
     assert!(
-        plan(Some(&current), &[revoked("02", 2)], Some("ca1"), now)
+        plan(Some(&current), &[revoked("02", 2)], Some(ca1_id), now)
             .unwrap()
             .sign
     );
-    assert!(plan(Some(&current), &[], Some("ca2"), now).unwrap().sign);
+    assert!(plan(Some(&current), &[], Some(ca2_id), now).unwrap().sign);
     assert!(
         plan(
-            Some(&fresh(now - CRL_REFRESH, "ca1")),
+            Some(&fresh(now - CRL_REFRESH, &ca1)),
             &[],
-            Some("ca1"),
+            Some(ca1_id),
             now
         )
         .unwrap()
         .sign
     );
-    let first = plan(None, &[], Some("ca1"), now).unwrap();
+    let first = plan(None, &[], Some(ca1_id), now).unwrap();
     assert!(first.sign && !first.ledger_changed && first.ledger.is_empty());
 
     // Without a CA: the ledger still grows, nothing is signed.
@@ -146,4 +158,46 @@ fn desired_secret_signs_with_the_ca_and_keeps_old_crl_without_one() {
         .unwrap()
         .sign
     );
+}
+
+/// The CA certificate is published next to the CRL, and only the certificate: the data
+/// plane reads it there instead of the CA Secret, which holds the private key.
+#[test]
+fn the_ca_certificate_is_published_without_its_key() {
+    let ca = Ca::generate("t").unwrap();
+    let id = sha256_hex(ca.cert_der());
+    let now = SystemTime::now();
+    let p = plan(None, &[], Some(&id), now).unwrap();
+    let signed = desired_secret("ops", "portcullis", None, &p, Some(&ca), now).unwrap();
+    assert_eq!(secret_text(&signed, CA_CRT), Some(ca.cert_pem()));
+    assert_eq!(published_ca_sha256(Some(&signed)), Some(id.clone()));
+    let key_body = ca
+        .key_pem()
+        .lines()
+        .nth(1)
+        .expect("a PEM key has a body line");
+    for (key, value) in signed.data.iter().flatten() {
+        let text = String::from_utf8_lossy(&value.0);
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains(key_body),
+            "{key} holds key material"
+        );
+    }
+    // Published: nothing to do until it is due.
+    assert!(!plan(Some(&signed), &[], Some(&id), now).unwrap().sign);
+
+    // A CRL Secret of an older release (no ca.crt), or one whose ca.crt is not the CA's:
+    // signed again, which publishes it.
+    let mut older = signed.clone();
+    older.data.get_or_insert_default().remove(CA_CRT);
+    assert!(plan(Some(&older), &[], Some(&id), now).unwrap().sign);
+    let other = Ca::generate("other").unwrap();
+    let mut wrong = signed.clone();
+    with_ca_crt(&mut wrong, other.cert_pem());
+    assert!(plan(Some(&wrong), &[], Some(&id), now).unwrap().sign);
+
+    // Without a usable CA (a broken bring-your-own Secret): the last certificate stays.
+    let p = plan(Some(&signed), &[revoked("01", 1)], None, now).unwrap();
+    let kept = desired_secret("ops", "portcullis", Some(&signed), &p, None, now).unwrap();
+    assert_eq!(secret_text(&kept, CA_CRT), Some(ca.cert_pem()));
 }

@@ -6,7 +6,8 @@
 //!    cookie keys Secret (create if absent)
 //!    Controller<ClientIdentity>.owns(Secret)  ──▶ <name>-client Secret, status, CRL
 //!    Controller<ProtectedRoute>.owns(Secret)  ──▶ <name>-server-tls Secret, status
-//!    CRL refresher ──▶ portcullis-crl (re-signed daily and when the CA changes)
+//!    CRL refresher ──▶ portcullis-crl (re-signed daily and when the CA changes; carries
+//!                      the CA certificate, ca.crt, for the data plane: never the key)
 //!  leadership lost / shutdown ──▶ every controller stops; the next leader takes over
 //! ```
 //! Every write is a server-side apply with field manager `portcullis`, made only when the

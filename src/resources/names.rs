@@ -29,7 +29,8 @@ pub const CRL_LEDGER_KEY: &str = "revoked.json";
 pub const TLS_CRT: &str = "tls.crt";
 /// Private key, PKCS#8 PEM.
 pub const TLS_KEY: &str = "tls.key";
-/// The CA certificate, PEM (identity Secrets).
+/// The CA certificate, PEM: in identity Secrets, and in [`CRL_SECRET`], where the controller
+/// publishes a copy of the CA Secret's certificate (never its key) for the data plane.
 pub const CA_CRT: &str = "ca.crt";
 /// The device's PKCS#12 file (identity Secrets).
 pub const KEYSTORE_P12: &str = "keystore.p12";

@@ -12,8 +12,12 @@
 //! Of the Secrets it caches only what it serves from: the ones the controller wrote
 //! (label `app.kubernetes.io/managed-by=portcullis`), the ones a user named in
 //! `serverCertificate.secretName` and labelled [`names::SERVER_CERTIFICATE_LABEL`], and by
-//! name the CA, CRL and cookie-key Secrets of the operator namespace. Every watch covers
-//! only the [`Scope`]'s namespaces.
+//! name the CRL and cookie-key Secrets of the operator namespace. Every watch covers only
+//! the [`Scope`]'s namespaces.
+//!
+//! It never reads the CA Secret: that holds the CA's private key, and this process faces
+//! the internet. The controller publishes the CA certificate alone in the CRL Secret
+//! ([`names::CA_CRT`]), and the data plane trusts that.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -52,7 +56,8 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 pub struct ClusterSource {
     /// The operator's namespace (CA, cookie keys, CRL).
     pub namespace: String,
-    /// Name of the CA Secret (bring-your-own allowed).
+    /// Name of the CA Secret (bring-your-own allowed). Never read here: named in messages,
+    /// and kept out of the cache of controller-written Secrets.
     pub ca_secret: String,
     /// The release: only its routes and identities are served and admitted.
     pub instance: Instance,
@@ -67,7 +72,7 @@ struct Stores {
     managed_secrets: Store<Secret>,
     /// Users' server certificates, opted in by label.
     server_secrets: Store<Secret>,
-    /// CA, CRL and cookie keys, by name in the operator namespace.
+    /// CRL (with the CA certificate) and cookie keys, by name in the operator namespace.
     own_secrets: Store<Secret>,
 }
 
@@ -86,29 +91,30 @@ pub async fn run(
     let (own_secrets, own_w) = reflector::store();
     let cfg = watcher::Config::default;
     let scope = &source.scope;
-    let labelled = |selector: String| {
+    let labelled = |selector: String, fields: Option<String>| {
         scope.watch(&client, move |api: Api<Secret>| {
-            watcher(api, cfg().labels(&selector))
-        })
-    };
-    // The operator namespace's own Secrets, each watched by name (RBAC can grant exactly
-    // these three names; a watch by label could not be limited).
-    let named = crate::scope::merge(
-        [
-            source.ca_secret.as_str(),
-            names::CRL_SECRET,
-            names::COOKIE_KEYS_SECRET,
-        ]
-        .into_iter()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .map(|name| {
+            let config = cfg().labels(&selector);
             watcher(
-                Api::<Secret>::namespaced(client.clone(), &source.namespace),
-                cfg().fields(&format!("metadata.name={name}")),
+                api,
+                fields.as_ref().map_or(config.clone(), |f| config.fields(f)),
             )
         })
-        .collect(),
+    };
+    // The controller labels the CA Secret it generates like everything it writes: leave it
+    // (and its private key) out of this cache when the operator namespace is in scope.
+    let not_the_ca = format!("metadata.name!={}", source.ca_secret);
+    // The operator namespace's own Secrets, each watched by name (RBAC can grant exactly
+    // these names; a watch by label could not be limited). Not the CA Secret.
+    let named = crate::scope::merge(
+        [names::CRL_SECRET, names::COOKIE_KEYS_SECRET]
+            .into_iter()
+            .map(|name| {
+                watcher(
+                    Api::<Secret>::namespaced(client.clone(), &source.namespace),
+                    cfg().fields(&format!("metadata.name={name}")),
+                )
+            })
+            .collect(),
     );
     let changes = futures_util::stream::select_all([
         touch(
@@ -123,11 +129,17 @@ pub async fn run(
             |c: &ClientIdentity| read_by_snapshot(&c.metadata, &c.spec),
         ),
         touch(
-            reflector(managed_w, labelled(names::managed_selector())),
+            reflector(
+                managed_w,
+                labelled(names::managed_selector(), Some(not_the_ca)),
+            ),
             secret_contents,
         ),
         touch(
-            reflector(server_w, labelled(names::server_certificate_selector())),
+            reflector(
+                server_w,
+                labelled(names::server_certificate_selector(), None),
+            ),
             secret_contents,
         ),
         touch(reflector(own_w, named), secret_contents),
@@ -314,15 +326,7 @@ fn secret_bytes<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
 /// key ring fails the whole build, so the last good snapshot keeps serving.
 fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Snapshot> {
     let ns = &source.namespace;
-    let ca = stores.secret(ns, &source.ca_secret).ok_or_else(|| {
-        Error::Config(format!("CA Secret {ns}/{} not found yet", source.ca_secret))
-    })?;
-    let client_ca: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(secret_bytes(&ca, "tls.crt").unwrap_or_default())
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                Error::Config(format!("CA Secret {ns}/{}: tls.crt: {e}", source.ca_secret))
-            })?;
+    let client_ca = published_ca(stores, source)?;
     let cookie_keys = stores
         .secret(ns, names::COOKIE_KEYS_SECRET)
         .and_then(|s| {
@@ -432,6 +436,36 @@ fn build(stores: &Stores, source: &ClusterSource, generation: u64) -> Result<Sna
         },
         generation,
     )
+}
+
+/// The CA certificate the controller published in the CRL Secret (copied from the CA
+/// Secret, without its key). Until it is there (first start, an upgrade from a release
+/// that did not publish it) the build fails, so the last good snapshot keeps serving and a
+/// new replica stays unready, saying what it waits for.
+fn published_ca(stores: &Stores, source: &ClusterSource) -> Result<Vec<CertificateDer<'static>>> {
+    let ns = &source.namespace;
+    let (crl, key) = (names::CRL_SECRET, names::CA_CRT);
+    let pem = stores
+        .secret(ns, crl)
+        .and_then(|s| secret_bytes(&s, key).map(<[u8]>::to_vec))
+        .filter(|pem| !pem.is_empty())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "CA certificate not published yet: waiting for the controller to copy it from \
+                 CA Secret {ns}/{} into key {key} of Secret {ns}/{crl} (check that a \
+                 controller is running and leading, and its log)",
+                source.ca_secret
+            ))
+        })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("Secret {ns}/{crl}: {key}: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "Secret {ns}/{crl}: {key} holds no -----BEGIN CERTIFICATE----- block"
+        )));
+    }
+    Ok(certs)
 }
 
 /// The serials on the revocation ledger (the CRL Secret's `revoked.json`): never admitted,
