@@ -73,6 +73,9 @@ pub struct Metrics {
     /// Superseded certificates still admitted, per identity: a renewal not yet delivered
     /// (or a second copy of the identity, e.g. the Home Assistant app's, not yet updated).
     pub renewal_pending: Family<IdentityLabels, Gauge>,
+    /// Handshakes that negotiated `acme-tls/1` (an ACME server validating a challenge),
+    /// closed right after; neither requests nor handshake failures.
+    pub acme_challenge_handshakes: Counter,
 }
 
 impl Metrics {
@@ -133,6 +136,11 @@ impl Metrics {
             "enrollment_refusals",
             "Enrollment link claims refused (invalid, used or expired link; rate limited)",
             self.enrollment_refusals.clone(),
+        );
+        r.register(
+            "acme_challenge_handshakes",
+            "TLS handshakes answering an ACME tls-alpn-01 challenge, closed after the handshake",
+            self.acme_challenge_handshakes.clone(),
         );
     }
 

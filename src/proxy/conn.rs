@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use super::idle::{Activity, Tracked};
 use super::revocation::{self, Admitted, Credential, Hosts, SeenHosts};
 use super::seen::ConnSightings;
-use super::{Shared, contains, h1, proxy_protocol, reason};
+use super::{Shared, challenge, contains, h1, proxy_protocol, reason};
 use crate::admission::{CookieMint, Decision};
 use crate::snapshot::{Fingerprint, fingerprint};
 
@@ -124,8 +124,12 @@ pub async fn handle(
     let Some(snapshot) = snapshots.borrow_and_update().clone() else {
         return; // No configuration yet: fail closed.
     };
-    let acceptor = TlsAcceptor::from(snapshot.tls().clone());
-    let tls = match timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+    let config = match &shared.challenge_tls {
+        Some(challenges) => challenges.config(snapshot.tls()),
+        None => snapshot.tls().clone(),
+    };
+    let acceptor = TlsAcceptor::from(config);
+    let mut tls = match timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let why = classify(&e);
@@ -142,6 +146,9 @@ pub async fn handle(
         }
     };
     drop(snapshot);
+    if challenge::closed_if_challenge(&mut tls, metrics, limits.handshake_timeout).await {
+        return;
+    }
 
     let (_, session) = tls.get_ref();
     let client_cert = session

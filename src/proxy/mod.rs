@@ -10,6 +10,7 @@
 //! for each request, and watches for its own identity disappearing.
 
 mod admin;
+mod challenge;
 mod conn;
 mod enroll;
 mod foreign;
@@ -90,6 +91,9 @@ pub struct Settings {
     /// Where admissions are reported (last seen, open connections per identity); the mode's
     /// wiring keeps a clone to drain it and to serve `/identities`.
     pub sightings: Arc<Sightings>,
+    /// Pending ACME tls-alpn-01 challenges, answered on this port when a client offers
+    /// only `acme-tls/1`; `None` (the default): `acme-tls/1` is not offered at all.
+    pub acme_challenges: Option<crate::acme::tls_alpn::Challenges>,
 }
 
 /// Every IPv4 and IPv6 peer: on a listener only the ingress proxy can reach, every
@@ -124,6 +128,8 @@ struct Shared {
     upstream: Arc<upstream::Pool>,
     /// The HTTP/1.1 fast path's own idle upstream connections.
     h1_upstream: Arc<h1::Pool>,
+    /// Set when `settings.acme_challenges` is.
+    challenge_tls: Option<challenge::ChallengeTls>,
     shutdown: CancellationToken,
 }
 
@@ -163,6 +169,10 @@ pub async fn serve(
         let shared = Arc::new(Shared {
             upstream: upstream::Pool::new(settings.limits.upstream_connect_timeout),
             h1_upstream: Arc::new(h1::Pool::new(settings.limits.upstream_connect_timeout)),
+            challenge_tls: settings
+                .acme_challenges
+                .clone()
+                .map(challenge::ChallengeTls::new),
             snapshots: snapshots.clone(),
             settings: settings.clone(),
             metrics: metrics.clone(),

@@ -61,13 +61,14 @@ pub struct Pebble {
     dir: tempfile::TempDir,
     acme_port: u16,
     management_port: u16,
+    dns_port: u16,
     options: PebbleOptions,
     root_pem: String,
 }
 
 impl Pebble {
-    /// Starts both and waits until the directory answers; panics (quoting the logs) if
-    /// either fails.
+    /// Starts both and waits until the directory and the DNS server answer; panics
+    /// (quoting the logs) if either fails.
     pub fn start(options: PebbleOptions) -> Pebble {
         let bin = binaries();
         let dir = tempfile::Builder::new()
@@ -76,7 +77,7 @@ impl Pebble {
             .expect("a temp dir for Pebble");
         write_https_cert(dir.path());
         let (acme_port, management_port) = (free_tcp_port(), free_tcp_port());
-        let (dns_port, dns_management) = (free_udp_port(), free_tcp_port());
+        let (dns_port, dns_management) = (free_dns_port(), free_tcp_port());
         std::fs::write(
             dir.path().join("pebble.json"),
             config_json(acme_port, management_port, &options),
@@ -112,6 +113,7 @@ impl Pebble {
             dir,
             acme_port,
             management_port,
+            dns_port,
             options,
             root_pem: String::new(),
         };
@@ -124,7 +126,10 @@ impl Pebble {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let answer = https_get(self.acme_port, "/dir", &self.ca_pem_path());
-            if answer.as_ref().is_ok_and(|(s, _)| *s == 200) {
+            // Pebble resolves over TCP: without challtestsrv's TCP server up, a validation
+            // fails with "dial tcp …: connection refused".
+            let dns_up = TcpStream::connect(("127.0.0.1", self.dns_port)).is_ok();
+            if dns_up && answer.as_ref().is_ok_and(|(s, _)| *s == 200) {
                 return;
             }
             let exited = [&mut self.pebble, &mut self.dns]
@@ -321,10 +326,14 @@ pub fn free_tcp_port() -> u16 {
         .port()
 }
 
-/// A loopback UDP port nothing is bound to (at the time of asking), for DNS.
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
+/// A loopback port free for both UDP and TCP (at the time of asking): challtestsrv serves
+/// DNS on both, and a free UDP port whose TCP twin was taken left it without the TCP
+/// server Pebble resolves over (it logs the bind error and keeps running).
+fn free_dns_port() -> u16 {
+    loop {
+        let port = free_tcp_port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

@@ -40,6 +40,8 @@ impl ProxyArgs {
             workers: self.workers,
             enrollments: None,
             sightings: Arc::default(),
+            // Not yet: standalone ACME issuance (issue 14) hands its challenges here.
+            acme_challenges: None,
         }
     }
 }

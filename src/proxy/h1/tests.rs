@@ -51,6 +51,7 @@ fn shared() -> Shared {
         metrics: Arc::new(Metrics::default()),
         upstream: upstream::Pool::new(Duration::from_secs(1)),
         h1_upstream: Arc::new(Pool::new(Duration::from_secs(1))),
+        challenge_tls: None,
         shutdown: CancellationToken::new(),
     }
 }
