@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
 };
 use pebble::{Pebble, PebbleOptions};
 use portcullis::acme::tls_alpn::{ACME_TLS_ALPN, Challenges};
@@ -71,19 +70,7 @@ fn no_requests_counted(gate: &Gate) -> bool {
 /// An order for [`ACME_HOST`] by tls-alpn-01, its challenge put in `challenges`; returns
 /// the order's final status.
 async fn order_by_tls_alpn01(pebble: &Pebble, challenges: &Challenges) -> OrderStatus {
-    let (account, _) = Account::builder_with_root(pebble.ca_pem_path())
-        .expect("an ACME client trusting Pebble's HTTPS certificate")
-        .create(
-            &NewAccount {
-                contact: &[],
-                terms_of_service_agreed: true,
-                only_return_existing: false,
-            },
-            pebble.directory_url(),
-            None,
-        )
-        .await
-        .expect("an account");
+    let account = pebble.account().await;
     let identifiers = [Identifier::Dns(ACME_HOST.to_owned())];
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))

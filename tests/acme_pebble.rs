@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
 };
 use pebble::{Pebble, PebbleOptions};
 use portcullis::acme::tls_alpn::{ACME_TLS_ALPN, ChallengeResolver, Challenges};
@@ -67,19 +66,7 @@ type Answer<'a> = &'a dyn Fn(&str, &str, &str, [u8; 32]);
 /// Account, order for [`HOST`], one `kind` challenge answered by `answer`, CSR, and the
 /// issued chain (PEM), checked against Pebble's root.
 async fn issue(pebble: &Pebble, kind: ChallengeType, answer: Answer<'_>) -> String {
-    let (account, _credentials) = Account::builder_with_root(pebble.ca_pem_path())
-        .expect("an ACME client trusting Pebble's HTTPS certificate")
-        .create(
-            &NewAccount {
-                contact: &[],
-                terms_of_service_agreed: true,
-                only_return_existing: false,
-            },
-            pebble.directory_url(),
-            None,
-        )
-        .await
-        .expect("an account");
+    let account = pebble.account().await;
     let identifiers = [Identifier::Dns(HOST.to_owned())];
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))

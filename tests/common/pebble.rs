@@ -151,6 +151,24 @@ impl Pebble {
         format!("https://127.0.0.1:{}/dir", self.acme_port)
     }
 
+    /// A new ACME account on this Pebble, its client trusting Pebble's HTTPS certificate.
+    pub async fn account(&self) -> instant_acme::Account {
+        let (account, _credentials) = instant_acme::Account::builder_with_root(self.ca_pem_path())
+            .expect("an ACME client trusting Pebble's HTTPS certificate")
+            .create(
+                &instant_acme::NewAccount {
+                    contact: &[],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.directory_url(),
+                None,
+            )
+            .await
+            .expect("an ACME account on Pebble");
+        account
+    }
+
     /// The CA of Pebble's own HTTPS certificate (PEM file): what an ACME client trusts.
     pub fn ca_pem_path(&self) -> PathBuf {
         self.dir.path().join("https-ca.pem")
