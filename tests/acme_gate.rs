@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use instant_acme::{
-    AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
-};
+use instant_acme::{ChallengeType, OrderStatus};
 use pebble::{Pebble, PebbleOptions};
 use portcullis::acme::tls_alpn::{ACME_TLS_ALPN, Challenges};
 use portcullis::pki::IssuedCert;
@@ -70,43 +68,16 @@ fn no_requests_counted(gate: &Gate) -> bool {
 /// An order for [`ACME_HOST`] by tls-alpn-01, its challenge put in `challenges`; returns
 /// the order's final status.
 async fn order_by_tls_alpn01(pebble: &Pebble, challenges: &Challenges) -> OrderStatus {
-    let account = pebble.account().await;
-    let identifiers = [Identifier::Dns(ACME_HOST.to_owned())];
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .expect("an order");
-    let mut authorizations = order.authorizations();
-    while let Some(authz) = authorizations.next().await {
-        let mut authz = authz.expect("an authorization");
-        assert_eq!(authz.status, AuthorizationStatus::Pending);
-        let mut challenge = authz
-            .challenge(ChallengeType::TlsAlpn01)
-            .expect("a tls-alpn-01 challenge");
-        let digest: [u8; 32] = challenge
-            .key_authorization()
-            .digest()
-            .as_ref()
-            .try_into()
-            .unwrap();
+    let answer = |host: &str, _: &str, _: &str, digest: [u8; 32]| {
         challenges
-            .insert(ACME_HOST, &digest)
+            .insert(host, &digest)
             .expect("a challenge certificate");
-        challenge.set_ready().await.expect("challenge ready");
-    }
-    let retries = RetryPolicy::new().timeout(Duration::from_secs(30));
-    let status = order.poll_ready(&retries).await.expect("order polled");
-    if status != OrderStatus::Ready {
-        return status;
-    }
+    };
+    let (status, _) = pebble
+        .order(ACME_HOST, ChallengeType::TlsAlpn01, &answer)
+        .await;
     challenges.remove(ACME_HOST);
-    let key = rcgen::KeyPair::generate().expect("a key");
-    let csr = rcgen::CertificateParams::new(vec![ACME_HOST.to_owned()])
-        .and_then(|p| p.serialize_request(&key))
-        .expect("a CSR");
-    order.finalize_csr(csr.der()).await.expect("finalized");
-    order.poll_certificate(&retries).await.expect("certificate");
-    order.state().status
+    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

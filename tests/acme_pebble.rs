@@ -12,10 +12,8 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use instant_acme::{
-    AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
-};
-use pebble::{Pebble, PebbleOptions};
+use instant_acme::ChallengeType;
+use pebble::{Answer, Pebble, PebbleOptions};
 use portcullis::acme::tls_alpn::{ACME_TLS_ALPN, ChallengeResolver, Challenges};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -60,38 +58,11 @@ fn serve_http01(port: u16) -> Answers {
     answers
 }
 
-/// Answers one challenge: `(host, token, key authorization, its SHA-256)`.
-type Answer<'a> = &'a dyn Fn(&str, &str, &str, [u8; 32]);
-
-/// Account, order for [`HOST`], one `kind` challenge answered by `answer`, CSR, and the
-/// issued chain (PEM), checked against Pebble's root.
+/// An order for [`HOST`], one `kind` challenge answered by `answer`, and the issued chain
+/// (PEM), checked against Pebble's root.
 async fn issue(pebble: &Pebble, kind: ChallengeType, answer: Answer<'_>) -> String {
-    let account = pebble.account().await;
-    let identifiers = [Identifier::Dns(HOST.to_owned())];
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .expect("an order");
-    let mut authorizations = order.authorizations();
-    while let Some(authz) = authorizations.next().await {
-        let mut authz = authz.expect("an authorization");
-        assert_eq!(authz.status, AuthorizationStatus::Pending);
-        let mut challenge = authz.challenge(kind.clone()).expect("the challenge");
-        let key_authorization = challenge.key_authorization();
-        let digest: [u8; 32] = key_authorization.digest().as_ref().try_into().unwrap();
-        answer(HOST, &challenge.token, key_authorization.as_str(), digest);
-        challenge.set_ready().await.expect("challenge ready");
-    }
-    let retries = RetryPolicy::new().timeout(Duration::from_secs(30));
-    let status = order.poll_ready(&retries).await.expect("order polled");
-    assert_eq!(status, OrderStatus::Ready, "{}", pebble.logs());
-
-    let key = rcgen::KeyPair::generate().expect("a key");
-    let csr = rcgen::CertificateParams::new(vec![HOST.to_owned()])
-        .and_then(|p| p.serialize_request(&key))
-        .expect("a CSR");
-    order.finalize_csr(csr.der()).await.expect("finalized");
-    let chain_pem = order.poll_certificate(&retries).await.expect("certificate");
+    let (status, chain) = pebble.order(HOST, kind, answer).await;
+    let chain_pem = chain.unwrap_or_else(|| panic!("order {status:?}: {}", pebble.logs()));
     verify_chain(pebble, &chain_pem);
     chain_pem
 }

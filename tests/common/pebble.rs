@@ -44,6 +44,9 @@ pub struct PebbleOptions {
     pub validity: Duration,
 }
 
+/// Answers one challenge: `(host, token, key authorization, its SHA-256)`.
+pub type Answer<'a> = &'a dyn Fn(&str, &str, &str, [u8; 32]);
+
 impl Default for PebbleOptions {
     fn default() -> Self {
         PebbleOptions {
@@ -167,6 +170,47 @@ impl Pebble {
             .await
             .expect("an ACME account on Pebble");
         account
+    }
+
+    /// A whole order for `host` on this Pebble: a new account, every authorization's `kind`
+    /// challenge answered by `answer`, then (once ready) a CSR for a fresh key. Returns the
+    /// order's final status and the issued chain (PEM), or the status it stopped at when it
+    /// never became ready.
+    pub async fn order(
+        &self,
+        host: &str,
+        kind: instant_acme::ChallengeType,
+        answer: Answer<'_>,
+    ) -> (instant_acme::OrderStatus, Option<String>) {
+        use instant_acme::{AuthorizationStatus, Identifier, NewOrder, OrderStatus, RetryPolicy};
+        let account = self.account().await;
+        let identifiers = [Identifier::Dns(host.to_owned())];
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .expect("an order");
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.expect("an authorization");
+            assert_eq!(authz.status, AuthorizationStatus::Pending);
+            let mut challenge = authz.challenge(kind.clone()).expect("the challenge");
+            let key_authorization = challenge.key_authorization();
+            let digest: [u8; 32] = key_authorization.digest().as_ref().try_into().unwrap();
+            answer(host, &challenge.token, key_authorization.as_str(), digest);
+            challenge.set_ready().await.expect("challenge ready");
+        }
+        let retries = RetryPolicy::new().timeout(Duration::from_secs(30));
+        let status = order.poll_ready(&retries).await.expect("order polled");
+        if status != OrderStatus::Ready {
+            return (status, None);
+        }
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let csr = rcgen::CertificateParams::new(vec![host.to_owned()])
+            .and_then(|p| p.serialize_request(&key))
+            .expect("a CSR");
+        order.finalize_csr(csr.der()).await.expect("finalized");
+        let chain = order.poll_certificate(&retries).await.expect("certificate");
+        (order.state().status, Some(chain))
     }
 
     /// The CA of Pebble's own HTTPS certificate (PEM file): what an ACME client trusts.
