@@ -10,6 +10,8 @@
 //!                          seen.json      when the device last used each serial (the gate
 //!                                         writes it once a minute at most)
 //!        enrollments/pending|claimed/<tokenHash>.json (0600)  one-time enrollment links
+//!        acme/accounts/<id>.json, routes/<name>/acme/  ACME accounts and certificates
+//!                                         (see crate::acme::store)
 //! ```
 //! Every write is atomic (temp file in the same directory, fsync, rename, fsync the
 //! directory): a crash leaves the old file or the new one, never half of one.
@@ -150,6 +152,17 @@ impl StateDir {
     /// `routes/<name>/` (unchecked, like [`StateDir::identity_dir`]).
     pub fn route_dir(&self, name: &str) -> PathBuf {
         self.root.join("routes").join(name)
+    }
+
+    /// `acme/`: ACME accounts, one per directory URL (see [`crate::acme::store`]).
+    pub fn acme_dir(&self) -> PathBuf {
+        self.root.join("acme")
+    }
+
+    /// `routes/<name>/acme/certificate.pem`: a route's ACME key and chain in one file, so
+    /// a reader never pairs a new certificate with an old key.
+    pub fn acme_certificate_path(&self, route: &str) -> PathBuf {
+        self.route_dir(route).join("acme").join("certificate.pem")
     }
 
     /// Saves a device's credentials, mirroring the `<name>-client` Secret. The key goes

@@ -56,6 +56,21 @@ pub struct EnrollmentLabels {
 }
 
 /// Every metric the gate exports. Cheap to update from the hot path (atomics).
+/// Labels of `acme_orders`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcmeOrderLabels {
+    pub route: String,
+    /// `issued`, or why not: the ACME problem type (`dns`, `connection`, `rateLimited`, …)
+    /// or `unreachable`, `timeout`, `config`, `internal`.
+    pub result: String,
+}
+
+/// A route label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
@@ -76,6 +91,10 @@ pub struct Metrics {
     /// Handshakes that negotiated `acme-tls/1` (an ACME server validating a challenge),
     /// closed right after; neither requests nor handshake failures.
     pub acme_challenge_handshakes: Counter,
+    /// ACME orders by route and result.
+    pub acme_orders: Family<AcmeOrderLabels, Counter>,
+    /// ACME orders that failed in a row, by route (0 once one succeeds).
+    pub acme_failures: Family<RouteLabels, Gauge>,
 }
 
 impl Metrics {
@@ -141,6 +160,16 @@ impl Metrics {
             "acme_challenge_handshakes",
             "TLS handshakes answering an ACME tls-alpn-01 challenge, closed after the handshake",
             self.acme_challenge_handshakes.clone(),
+        );
+        r.register(
+            "acme_orders",
+            "ACME certificate orders by route and result (issued, or the ACME problem type: dns, connection, rateLimited, …; unreachable, timeout, config, internal)",
+            self.acme_orders.clone(),
+        );
+        r.register(
+            "acme_consecutive_failures",
+            "ACME orders of a route that failed in a row (alert when it stays above 0)",
+            self.acme_failures.clone(),
         );
     }
 

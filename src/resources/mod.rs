@@ -24,8 +24,9 @@ pub use enrollment::{
 };
 pub use instance::Instance;
 pub use protected_route::{
-    BypassRule, CertificateFiles, ClientAuth, CookieFallback, IssueSpec, ProtectedRoute,
-    ProtectedRouteSpec, ProtectedRouteStatus, ServerCertificate, ServiceRef, Upstream,
+    AcmeChallenge, AcmeSpec, BypassRule, CertificateFiles, ClientAuth, CookieFallback, IssueSpec,
+    LETS_ENCRYPT, ProtectedRoute, ProtectedRouteSpec, ProtectedRouteStatus, ServerCertificate,
+    ServiceRef, Upstream,
 };
 pub use time::{from_time, to_time};
 

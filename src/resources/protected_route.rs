@@ -78,8 +78,8 @@ pub struct ServiceRef {
     pub port: u16,
 }
 
-/// Where the server certificate comes from: at most one of `issue`, `secretName` and
-/// `files` (none means `issue`).
+/// Where the server certificate comes from: at most one of `issue`, `secretName`, `files`
+/// and `acme` (none means `issue`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = super::schema::server_certificate)]
@@ -96,6 +96,11 @@ pub struct ServerCertificate {
     /// reloaded when either changes. Refused in Kubernetes (use `secretName`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<CertificateFiles>,
+    /// Standalone only: a publicly trusted certificate from an ACME CA (Let's Encrypt by
+    /// default), obtained and renewed by the gate, so a phone installs only its own
+    /// identity. Refused in Kubernetes (use cert-manager and `secretName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeSpec>,
 }
 
 impl ServerCertificate {
@@ -106,8 +111,59 @@ impl ServerCertificate {
     /// Whether the Portcullis CA mints the certificate (neither `secretName` nor `files`):
     /// then a phone does not trust it.
     pub fn is_minted(&self) -> bool {
-        self.secret_name.is_none() && self.files.is_none()
+        self.secret_name.is_none() && self.files.is_none() && self.acme.is_none()
     }
+}
+
+/// Let's Encrypt's production directory, the default ACME CA.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// A server certificate from an ACME CA.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcmeSpec {
+    /// Contact address for the ACME account, e.g. `you@example.com`.
+    #[schemars(length(min = 3, max = 254))]
+    pub email: String,
+    /// The ACME directory URL. Default: Let's Encrypt production
+    /// (`https://acme-v02.api.letsencrypt.org/directory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub directory: Option<String>,
+    /// How the CA checks that this box answers for the hosts: `tls-alpn-01` (default, on
+    /// the gate's own TLS port, which must be reachable as port 443) or `http-01` (needs
+    /// `--http-listen`, reachable as port 80).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// A PEM file of the CA(s) that signed the directory's own HTTPS certificate, for a
+    /// private ACME server (step-ca, Pebble). Default: the public web's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub ca_file: Option<String>,
+    /// Until the first ACME certificate arrives, serve one from the Portcullis CA (phones
+    /// warn about it; never click through a warning on an untrusted network). Default
+    /// false: the route is not served until its certificate is issued.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_issued_fallback: bool,
+}
+
+impl AcmeSpec {
+    /// The directory URL, defaulted.
+    pub fn directory_url(&self) -> &str {
+        self.directory.as_deref().unwrap_or(LETS_ENCRYPT)
+    }
+}
+
+/// The ACME challenge type.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum AcmeChallenge {
+    /// Answered in the TLS handshake on the gate's port (RFC 8737).
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// Answered over plain HTTP by `--http-listen`.
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 /// A certificate and its key in PEM files (paths relative to the config file's directory).

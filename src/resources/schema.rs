@@ -22,7 +22,7 @@ pub const UPSTREAM_MESSAGE: &str = "set exactly one of `service` (a Service in t
      namespace: {name, port}) or `url` (http://HOST:PORT)";
 /// Message of the rule on `spec.serverCertificate`.
 pub const SERVER_CERTIFICATE_MESSAGE: &str =
-    "set at most one of `issue: {}`, `secretName` or `files: {certificate, key}`";
+    "set at most one of `issue: {}`, `secretName`, `files: {certificate, key}` or `acme: {email}`";
 /// Message of the rule on `spec.hosts`.
 pub const HOSTS_MESSAGE: &str = "each host must be a DNS name or an IP address, without \
      scheme, port, path or wildcard, e.g. ha.example.org";
@@ -93,11 +93,13 @@ pub fn upstream(schema: &mut Schema) {
     );
 }
 
-/// `serverCertificate`: at most one of `issue`, `secretName`, `files` (none means `issue`).
+/// `serverCertificate`: at most one of `issue`, `secretName`, `files`, `acme` (none means
+/// `issue`).
 pub fn server_certificate(schema: &mut Schema) {
     rule(
         schema,
-        "(has(self.issue) ? 1 : 0) + (has(self.secretName) ? 1 : 0) + (has(self.files) ? 1 : 0) <= 1"
+        "(has(self.issue) ? 1 : 0) + (has(self.secretName) ? 1 : 0) + (has(self.files) ? 1 : 0) \
+         + (has(self.acme) ? 1 : 0) <= 1"
             .into(),
         SERVER_CERTIFICATE_MESSAGE,
     );

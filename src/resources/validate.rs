@@ -17,7 +17,8 @@ pub use syntax::{
 use syntax::{is_standard_method, is_tchar};
 
 use super::{
-    BypassRule, ClientIdentitySpec, CookieFallback, ProtectedRouteSpec, ServerCertificate, Upstream,
+    AcmeSpec, BypassRule, ClientIdentitySpec, CookieFallback, LETS_ENCRYPT, ProtectedRouteSpec,
+    ServerCertificate, Upstream,
 };
 
 /// Shortest and longest accepted cookie lifetimes.
@@ -62,7 +63,11 @@ impl fmt::Display for Problem {
 /// Every problem of a ProtectedRoute spec.
 pub fn route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
     let mut out = Vec::new();
-    host_problems(&spec.hosts, &mut out);
+    host_problems(
+        &spec.hosts,
+        spec.server_certificate.acme.is_some(),
+        &mut out,
+    );
     upstream_problems(&spec.upstream, &mut out);
     server_certificate_problems(&spec.server_certificate, &mut out);
     if let Some(selector) = &spec.client_auth.identity_selector
@@ -82,7 +87,8 @@ pub fn route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
 }
 
 /// What only the standalone gate can do, refused in Kubernetes: `serverCertificate.files`
-/// names files on the gate's own disk, which the cluster's pods do not have.
+/// names files on the gate's own disk, which the cluster's pods do not have; `acme` is
+/// cert-manager's job there.
 pub fn cluster_route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
     let mut out = Vec::new();
     if spec.server_certificate.files.is_some() {
@@ -91,6 +97,13 @@ pub fn cluster_route_problems(spec: &ProtectedRouteSpec) -> Vec<Problem> {
             "works only in standalone mode (files on the gate's disk); in Kubernetes put the \
              certificate in a kubernetes.io/tls Secret (e.g. from cert-manager) and set \
              `secretName` instead",
+        ));
+    }
+    if spec.server_certificate.acme.is_some() {
+        out.push(Problem::new(
+            "spec.serverCertificate.acme",
+            "works only in standalone mode; in Kubernetes let cert-manager get the certificate \
+             (see examples/k8s/cert-manager.yaml) and set `secretName` to its Secret",
         ));
     }
     out
@@ -216,7 +229,7 @@ pub fn cookie_ttl(cookie: &CookieFallback) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-fn host_problems(hosts: &[String], out: &mut Vec<Problem>) {
+fn host_problems(hosts: &[String], acme: bool, out: &mut Vec<Problem>) {
     if hosts.is_empty() {
         out.push(Problem::new(
             "spec.hosts",
@@ -233,6 +246,14 @@ fn host_problems(hosts: &[String], out: &mut Vec<Problem>) {
             ));
         } else if is_valid_host(host) {
             continue;
+        } else if host.starts_with("*.") && acme {
+            // tls-alpn-01 and http-01 validate one name at a time.
+            out.push(Problem::new(
+                field,
+                "an ACME CA issues a wildcard only by DNS-01, which the gate does not do; list \
+                 each name, or get the certificate with a DNS-01 tool (e.g. the DuckDNS or \
+                 Let's Encrypt add-on) and use `serverCertificate.files`",
+            ));
         } else if host.starts_with("*.") {
             out.push(Problem::new(
                 field,
@@ -262,12 +283,17 @@ fn server_certificate_problems(sc: &ServerCertificate, out: &mut Vec<Problem>) {
         sc.issue.is_some(),
         sc.secret_name.is_some(),
         sc.files.is_some(),
+        sc.acme.is_some(),
     ];
     if sources.into_iter().filter(|set| *set).count() > 1 {
         out.push(Problem::new(
             "spec.serverCertificate",
-            "set only one of `issue: {}`, `secretName` or `files: {certificate, key}`",
+            "set only one of `issue: {}`, `secretName`, `files: {certificate, key}` or \
+             `acme: {email}`",
         ));
+    }
+    if let Some(acme) = &sc.acme {
+        acme_problems(acme, out);
     }
     let blank = |s: &str| s.trim().is_empty();
     if sc.secret_name.as_deref().is_some_and(blank) {
@@ -285,6 +311,35 @@ fn server_certificate_problems(sc: &ServerCertificate, out: &mut Vec<Problem>) {
                 ));
             }
         }
+    }
+}
+
+fn acme_problems(acme: &AcmeSpec, out: &mut Vec<Problem>) {
+    let email = acme.email.trim();
+    let valid_email = email.split_once('@').is_some_and(|(user, domain)| {
+        !user.is_empty() && domain.contains('.') && !email.contains(char::is_whitespace)
+    });
+    if !valid_email {
+        out.push(Problem::new(
+            "spec.serverCertificate.acme.email",
+            format!("{email:?} is not an email address; write e.g. you@example.com"),
+        ));
+    }
+    if let Some(url) = &acme.directory
+        && !url.trim().starts_with("https://")
+    {
+        out.push(Problem::new(
+            "spec.serverCertificate.acme.directory",
+            format!(
+                "{url:?} is not an https:// URL; write the ACME directory URL, e.g. {LETS_ENCRYPT}"
+            ),
+        ));
+    }
+    if acme.ca_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
+        out.push(Problem::new(
+            "spec.serverCertificate.acme.caFile",
+            "is empty; write the path of a PEM file, or remove it to trust the public web's roots",
+        ));
     }
 }
 

@@ -126,12 +126,14 @@ fn prepare_state_dir(root: &Path) -> Result<()> {
 }
 
 /// Watches the config and reloads it until `shutdown`. Each good reload publishes
-/// generation + 1; a bad one is logged (every problem) and the old snapshot stays.
+/// generation + 1 (and the config on `configs`, for the ACME manager); a bad one is logged
+/// (every problem) and the old snapshot stays.
 pub async fn run(
     config: PathBuf,
     state: StateDir,
     Watched(mut files): Watched,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
+    configs: watch::Sender<Config>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -175,12 +177,14 @@ pub async fn run(
         if !changed && !renewal {
             continue;
         }
-        if let Some(config) = reloader.reload(changed).await
-            && files.track(Some(&config), watcher.as_mut())
-        {
+        let Some(config) = reloader.reload(changed).await else {
+            continue;
+        };
+        if files.track(Some(&config), watcher.as_mut()) {
             // New files to follow: start comparing from their current contents.
             files.changed();
         }
+        configs.send_replace(config);
     }
 }
 
@@ -296,6 +300,7 @@ fn record(metrics: &Metrics, loaded: &Loaded) {
 struct Files {
     config: PathBuf,
     cookie_keys: PathBuf,
+    state: StateDir,
     paths: Vec<PathBuf>,
     dirs: HashSet<PathBuf>,
     contents: Vec<Option<Vec<u8>>>,
@@ -309,6 +314,7 @@ impl Files {
         Files {
             config: config.to_owned(),
             cookie_keys,
+            state: state.clone(),
             paths,
             dirs: HashSet::new(),
             contents: Vec::new(),
@@ -323,6 +329,17 @@ impl Files {
             let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
             self.paths = config.watched.iter().map(absolute).collect();
             self.paths.push(self.cookie_keys.clone());
+            // Written by the ACME manager: a new certificate is a reload like any edit.
+            let acme = config
+                .routes
+                .iter()
+                .filter(|r| r.spec.server_certificate.acme.is_some())
+                .map(|r| {
+                    self.state
+                        .acme_certificate_path(super::name_of(&r.metadata))
+                });
+            self.paths
+                .extend(acme.map(|p| absolute(&p)).collect::<Vec<_>>());
         }
         let dirs: Vec<PathBuf> = self
             .paths

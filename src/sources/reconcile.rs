@@ -67,7 +67,7 @@ pub fn reconcile(config: &Config, state: &StateDir) -> Result<Outcome> {
 
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        routes.push(ctx.route_source(config, route)?);
+        routes.extend(ctx.route_source(config, route)?);
     }
     let mut live = Vec::new();
     for identity in &config.identities {

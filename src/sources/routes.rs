@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::certs::{self, normalize_host};
 use super::config::Config;
+use super::external::{self, OwnCert};
 use super::name_of;
 use super::reconcile::{Ctx, SERVER_RENEW_BEFORE, SERVER_VALIDITY};
 use crate::resources::validate::{cookie_ttl, upstream_authority};
@@ -21,22 +22,43 @@ use crate::state::StoredCert;
 use crate::{Error, Result};
 
 impl Ctx<'_> {
-    /// The route with its certificate chain and key.
+    /// The route with its certificate chain and key; `None` for an ACME route still
+    /// waiting for its first certificate (not served; the others are).
     pub(super) fn route_source(
         &mut self,
         config: &Config,
         pr: &ProtectedRoute,
-    ) -> Result<RouteSource> {
+    ) -> Result<Option<RouteSource>> {
         let name = name_of(&pr.metadata);
         let route = resolve(name, &pr.spec)?;
-        let (cert_chain, key_pem, not_after) = match config.own_certs.get(name) {
+        let own = match &pr.spec.server_certificate.acme {
+            Some(acme) => match self.acme_cert(name, &route.hosts) {
+                Ok(cert) => Some(cert),
+                Err(why) if acme.self_issued_fallback => {
+                    tracing::warn!(
+                        "route {name}: {why}; serving a certificate of the Portcullis CA \
+                         until then (selfIssuedFallback: phones warn about it)"
+                    );
+                    None
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "route {name} is not served: {why}; it is served as soon as one is \
+                         issued (the ACME log lines say why not yet)"
+                    );
+                    return Ok(None);
+                }
+            },
+            None => config.own_certs.get(name).cloned(),
+        };
+        let (cert_chain, key_pem, not_after) = match own {
             Some(own) => {
                 let chain = own
                     .chain
                     .iter()
                     .map(|d| CertificateDer::from(d.clone()))
                     .collect();
-                (chain, own.key_pem.clone(), own.info.not_after)
+                (chain, own.key_pem, own.info.not_after)
             }
             None => {
                 let cert = self.server_cert(name, &route.hosts)?;
@@ -53,11 +75,29 @@ impl Ctx<'_> {
                 reason: format!("no usable private key: {e}"),
             })?;
         self.expiry("route", name, not_after);
-        Ok(RouteSource {
+        Ok(Some(RouteSource {
             route,
             cert_chain,
             key,
-        })
+        }))
+    }
+
+    /// The route's ACME certificate, if one is stored, matches its key, covers the hosts
+    /// and is valid now; else why not.
+    fn acme_cert(&self, name: &str, hosts: &[String]) -> std::result::Result<OwnCert, String> {
+        let path = self.state.acme_certificate_path(name);
+        if !path.exists() {
+            return Err("no ACME certificate yet".to_owned());
+        }
+        let cert = external::cert_files(&path, &path, hosts)?;
+        let now = SystemTime::now();
+        if cert.info.not_after <= now || now < cert.info.not_before {
+            return Err(format!(
+                "the ACME certificate in {} has expired",
+                path.display()
+            ));
+        }
+        Ok(cert)
     }
 
     /// The stored server certificate, re-issued when missing, unusable, for other hosts,

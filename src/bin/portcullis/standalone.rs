@@ -82,10 +82,13 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
         "portcullis standalone serving"
     );
 
+    let (configs_tx, configs) = tokio::sync::watch::channel(loaded.config);
     let (tx, rx) = tokio::sync::watch::channel(Some(loaded.snapshot));
     let shutdown = CancellationToken::new();
     let seen_flush = args.proxy.seen_flush;
     let mut settings = args.proxy.settings();
+    let acme = portcullis::acme::Responders::default();
+    settings.acme_challenges = Some(acme.tls_alpn.clone());
     let sightings = settings.sightings.clone();
     let store = portcullis::enroll::FileStore::new(state.enrollments_dir());
     settings.enrollments = Some(Arc::new(portcullis::enroll::Enrollments::new(Arc::new(
@@ -112,11 +115,16 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
             seen_flush,
             shutdown.clone(),
         )),
+        tokio::spawn(
+            portcullis::acme::Manager::new(state.clone(), acme, metrics.clone())
+                .run(configs, shutdown.clone()),
+        ),
         tokio::spawn(sources::file::run(
             args.config,
             state,
             watched,
             tx,
+            configs_tx,
             metrics,
             shutdown.clone(),
         )),
@@ -134,7 +142,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 4]) {
+async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 5]) {
     for task in tasks {
         let _ = task.await;
     }

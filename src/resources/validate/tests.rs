@@ -1,7 +1,7 @@
 use super::*;
 use crate::resources::{
-    CertificateFiles, ClientAuth, IssueSpec, Pkcs12Spec, SecretKeyRef, ServerCertificate,
-    ServiceRef,
+    AcmeChallenge, AcmeSpec, CertificateFiles, ClientAuth, IssueSpec, Pkcs12Spec, SecretKeyRef,
+    ServerCertificate, ServiceRef,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
@@ -140,12 +140,14 @@ fn server_certificate_is_one_source() {
         issue: Some(IssueSpec {}),
         secret_name: Some("x".into()),
         files: None,
+        acme: None,
     };
     one(route_problems(&r), "spec.serverCertificate", "only one of");
     r.server_certificate = ServerCertificate {
         issue: None,
         secret_name: Some(" ".into()),
         files: None,
+        acme: None,
     };
     one(
         route_problems(&r),
@@ -160,6 +162,7 @@ fn server_certificate_is_one_source() {
         issue: None,
         secret_name: Some("x".into()),
         files: Some(files("/ssl/fullchain.pem")),
+        acme: None,
     };
     one(route_problems(&r), "spec.serverCertificate", "only one of");
     r.server_certificate = ServerCertificate {
@@ -187,6 +190,58 @@ fn files_are_refused_in_a_cluster() {
         "spec.serverCertificate.files",
         "secretName",
     );
+}
+
+fn acme(email: &str) -> AcmeSpec {
+    AcmeSpec {
+        email: email.into(),
+        directory: None,
+        challenge: AcmeChallenge::default(),
+        ca_file: None,
+        self_issued_fallback: false,
+    }
+}
+
+#[test]
+fn acme_is_checked_and_refused_in_a_cluster() {
+    let mut r = route();
+    r.server_certificate.acme = Some(acme("me@example.com"));
+    assert_eq!(route_problems(&r), vec![]);
+    one(
+        cluster_route_problems(&r),
+        "spec.serverCertificate.acme",
+        "cert-manager",
+    );
+    r.server_certificate.secret_name = Some("x".into());
+    one(route_problems(&r), "spec.serverCertificate", "only one of");
+    r.server_certificate.secret_name = None;
+
+    r.server_certificate.acme = Some(acme("not an address"));
+    one(
+        route_problems(&r),
+        "spec.serverCertificate.acme.email",
+        "you@example.com",
+    );
+    let mut spec = acme("me@example.com");
+    spec.directory = Some("http://ca.example/dir".into());
+    spec.ca_file = Some(" ".into());
+    r.server_certificate.acme = Some(spec);
+    let problems = route_problems(&r);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].message.contains("not an https:// URL"),
+        "{problems:?}"
+    );
+    assert_eq!(problems[1].field, "spec.serverCertificate.acme.caFile");
+}
+
+#[test]
+fn an_acme_wildcard_points_to_dns_01_tools() {
+    let mut r = route();
+    r.hosts = vec!["*.example.org".into()];
+    one(route_problems(&r), "spec.hosts[0]", "not supported");
+    r.server_certificate.acme = Some(acme("me@example.com"));
+    one(route_problems(&r), "spec.hosts[0]", "DNS-01");
 }
 
 #[test]

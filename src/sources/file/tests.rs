@@ -54,12 +54,14 @@ async fn watching(before_watch: impl FnOnce(&Path)) -> Watching {
     assert_eq!(initial.loaded.snapshot.live_count(), 1);
     before_watch(&config);
     let (tx, rx) = watch::channel(Some(initial.loaded.snapshot));
+    let (configs, _) = watch::channel(initial.loaded.config);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(
         config.clone(),
         state.clone(),
         initial.files,
         tx,
+        configs,
         metrics.clone(),
         shutdown.clone(),
     ));
