@@ -69,17 +69,62 @@ pub struct Pebble {
     root_pem: String,
 }
 
+/// A Pebble not started yet: its ports, directory URL and HTTPS CA are known already, so
+/// a gate can be configured for it (and see it down) before it runs.
+pub struct Prepared {
+    dir: tempfile::TempDir,
+    acme_port: u16,
+    management_port: u16,
+    options: PebbleOptions,
+}
+
+impl Prepared {
+    /// The ACME directory URL it will serve.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.acme_port)
+    }
+
+    /// The CA of its HTTPS certificate (PEM file).
+    pub fn ca_pem_path(&self) -> PathBuf {
+        self.dir.path().join("https-ca.pem")
+    }
+
+    /// Starts it: [`Pebble::start`].
+    pub fn start(self) -> Pebble {
+        Pebble::run(self)
+    }
+}
+
 impl Pebble {
-    /// Starts both and waits until the directory and the DNS server answer; panics
-    /// (quoting the logs) if either fails.
-    pub fn start(options: PebbleOptions) -> Pebble {
-        let bin = binaries();
+    /// Picks its ports and mints its HTTPS certificate, without starting it.
+    pub fn prepare(options: PebbleOptions) -> Prepared {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-pebble-")
             .tempdir()
             .expect("a temp dir for Pebble");
         write_https_cert(dir.path());
-        let (acme_port, management_port) = (free_tcp_port(), free_tcp_port());
+        Prepared {
+            dir,
+            acme_port: free_tcp_port(),
+            management_port: free_tcp_port(),
+            options,
+        }
+    }
+
+    /// Starts both and waits until the directory and the DNS server answer; panics
+    /// (quoting the logs) if either fails.
+    pub fn start(options: PebbleOptions) -> Pebble {
+        Self::prepare(options).start()
+    }
+
+    fn run(prepared: Prepared) -> Pebble {
+        let bin = binaries();
+        let Prepared {
+            dir,
+            acme_port,
+            management_port,
+            options,
+        } = prepared;
         let (dns_port, dns_management) = (free_dns_port(), free_tcp_port());
         std::fs::write(
             dir.path().join("pebble.json"),

@@ -92,6 +92,7 @@ pub struct StandaloneBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     log: Option<PathBuf>,
+    port: Option<u16>,
 }
 
 impl StandaloneBuilder {
@@ -112,6 +113,13 @@ impl StandaloneBuilder {
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.envs
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// The TLS port to listen on (default: a free one), e.g. the port an ACME server
+    /// validates tls-alpn-01 on.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -138,7 +146,7 @@ impl StandaloneBuilder {
         };
         let out =
             File::create(&log).unwrap_or_else(|e| panic!("the gate's log {}: {e}", log.display()));
-        let (port, admin) = (free_port(), free_port());
+        let (port, admin) = (self.port.unwrap_or_else(free_port), free_port());
         let child = command(&self.config, &self.state, port, admin)
             .args(&self.args)
             .envs(self.envs)
@@ -191,6 +199,7 @@ impl StandaloneProcess {
             args: Vec::new(),
             envs: Vec::new(),
             log: None,
+            port: None,
         }
     }
 

@@ -1,0 +1,287 @@
+//! `serverCertificate.acme` end to end: the real `portcullis standalone` gets its server
+//! certificate from Pebble (a real ACME server) by tls-alpn-01 on its own TLS port,
+//! renews it under open connections, survives Pebble being down at start without holding
+//! up its other routes, and reuses what it stored after a restart.
+
+mod common;
+#[path = "common/pebble.rs"]
+mod pebble;
+#[path = "common/standalone.rs"]
+mod standalone;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pebble::{Pebble, PebbleOptions};
+use rustls::pki_types::CertificateDer;
+use standalone::{StandaloneProcess, free_port};
+
+/// Resolved to 127.0.0.1 by pebble-challtestsrv.
+const ACME_HOST: &str = "ha.acme.test";
+/// First issuance: account, order, validation, finalize.
+const ISSUED_WITHIN: Duration = Duration::from_secs(60);
+
+/// A config: route `ha` for [`ACME_HOST`] with an ACME certificate from `directory`
+/// (trusting `ca_file`), route `lan` for [`HOST`] with a Portcullis one, identity alice.
+fn config(upstream: std::net::SocketAddr, directory: &str, ca_file: &Path) -> String {
+    let lan = standalone::config_yaml(HOST, upstream, &[("alice", "")])
+        .replace("name: home-assistant", "name: lan");
+    format!(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: ProtectedRoute\nmetadata:\n  name: ha\n\
+         spec:\n  hosts: [{ACME_HOST}]\n  upstream:\n    url: http://{upstream}\n  \
+         serverCertificate:\n    acme:\n      email: owner@acme.test\n      \
+         directory: {directory}\n      caFile: {}\n---\n{lan}",
+        ca_file.display()
+    )
+}
+
+/// alice's client for the ACME route, trusting only Pebble's root.
+fn acme_client(gate: &StandaloneProcess, root: CertificateDer<'static>) -> TlsClient {
+    let mut client = TlsClient::standalone(gate.port(), gate.state(), Some("alice")).sni(ACME_HOST);
+    client.roots = vec![root];
+    client
+}
+
+/// The leaf a new handshake sees (verified against the client's roots), or why not.
+async fn served_leaf(client: &TlsClient) -> Result<Vec<u8>, String> {
+    let tls = client.connect().await.map_err(|e| describe(&e))?;
+    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    certs
+        .first()
+        .map(|c| c.to_vec())
+        .ok_or_else(|| "no certificate".into())
+}
+
+/// Waits until a new handshake verifies and shows a leaf other than `not`.
+async fn wait_leaf(
+    gate: &StandaloneProcess,
+    client: &TlsClient,
+    not: Option<&[u8]>,
+    within: Duration,
+) -> Vec<u8> {
+    let deadline = Instant::now() + within;
+    loop {
+        let served = served_leaf(client).await;
+        match served {
+            Ok(leaf) if Some(leaf.as_slice()) != not => return leaf,
+            other if Instant::now() >= deadline => panic!(
+                "no new ACME certificate served within {within:?} (last: {other:?}); gate log:\n{}",
+                gate.log_tail(40)
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn orders(gate: &StandaloneProcess, result: &str) -> f64 {
+    let (_, metrics) = gate.admin_get("/metrics").expect("metrics");
+    metric_value(
+        &metrics,
+        &format!("portcullis_acme_orders_total{{route=\"ha\",result=\"{result}\"}}"),
+    )
+}
+
+fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// curl to the ACME route trusting only Pebble's root (no Portcullis CA): the HTTP status,
+/// with alice's device certificate or without one.
+fn curl(gate: &StandaloneProcess, root_pem: &Path, device: bool) -> String {
+    let port = gate.port();
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ])
+    .arg("--cacert")
+    .arg(root_pem)
+    .args(["--resolve", &format!("{ACME_HOST}:{port}:127.0.0.1")]);
+    if device {
+        let dir = gate.state().join("identities/alice");
+        cmd.arg("--cert")
+            .arg(dir.join("tls.crt"))
+            .arg("--key")
+            .arg(dir.join("tls.key"));
+    }
+    let out = cmd
+        .arg(format!("https://{ACME_HOST}:{port}/"))
+        .output()
+        .expect("run curl");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_a_trusted_certificate_and_renews_it_under_open_connections() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    // 30 s certificates: renewal is due 20 s after each is issued.
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port: port,
+        validity: Duration::from_secs(30),
+        ..PebbleOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    let yaml = config(
+        upstream.addr,
+        &pebble.directory_url(),
+        &pebble.ca_pem_path(),
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let gate = StandaloneProcess::builder(&file, &dir.path().join("state"))
+        .port(port)
+        .start();
+
+    let alice = acme_client(&gate, pebble.root_der());
+    let first = wait_leaf(&gate, &alice, None, ISSUED_WITHIN).await;
+    assert_eq!(orders(&gate, "issued"), 1.0);
+
+    // Any client trusting the public (here: Pebble's) root completes the handshake; the
+    // device certificate is still what lets a request in.
+    let root_pem = dir.path().join("pebble-root.pem");
+    std::fs::write(&root_pem, pebble.root_pem()).unwrap();
+    assert_eq!(curl(&gate, &root_pem, false), "403");
+    assert_eq!(curl(&gate, &root_pem, true), "200");
+
+    // Renewal: new handshakes get the new certificate; a keep-alive connection and a
+    // WebSocket opened on the old one keep working.
+    let mut open = alice.open().await.expect("keep-alive connection");
+    assert_eq!(open.get("/").await.unwrap().status, 200);
+    let (mut ws, _) = alice
+        .websocket("/api/websocket", None)
+        .await
+        .expect("WebSocket");
+    ws_roundtrip(&mut ws, "before renewal").await;
+    let second = wait_leaf(&gate, &alice, Some(&first), Duration::from_secs(45)).await;
+    assert_ne!(first, second);
+    assert_eq!(
+        open.get("/")
+            .await
+            .expect("the keep-alive connection survives the renewal")
+            .status,
+        200
+    );
+    ws_roundtrip(&mut ws, "after renewal").await;
+    assert!(orders(&gate, "issued") >= 2.0);
+    let log = gate.log();
+    assert!(log.contains("registered an ACME account"), "{log}");
+    assert_eq!(
+        log.matches("registered an ACME account").count(),
+        1,
+        "one account, reused for the renewal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port: port,
+        ..PebbleOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+    let yaml = config(
+        upstream.addr,
+        &pebble.directory_url(),
+        &pebble.ca_pem_path(),
+    );
+    std::fs::write(&file, yaml).unwrap();
+
+    let gate = StandaloneProcess::builder(&file, &state).port(port).start();
+    let alice = acme_client(&gate, pebble.root_der());
+    let issued = wait_leaf(&gate, &alice, None, ISSUED_WITHIN).await;
+    assert!(gate.terminate().success());
+    // Nothing pending: no failure, no order in flight (a gate that kept ordering would
+    // leave its in-flight mark here).
+    assert!(!state.join("routes/ha/acme/attempts.json").exists());
+    let stored = state.join("routes/ha/acme/certificate.pem");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&stored).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    let gate = StandaloneProcess::builder(&file, &state).port(port).start();
+    // Served at once, from the disk: the same certificate, and no order at all.
+    assert_eq!(served_leaf(&alice).await.unwrap(), issued);
+    assert_eq!(alice.get("/").await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = gate.log();
+    assert!(!log.contains("ordering a certificate"), "{log}");
+    assert_eq!(orders(&gate, "issued"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_ca_holds_back_only_its_route_until_it_answers() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let prepared = Pebble::prepare(PebbleOptions {
+        tls_port: port,
+        ..PebbleOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    let yaml = config(
+        upstream.addr,
+        &prepared.directory_url(),
+        &prepared.ca_pem_path(),
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let gate = StandaloneProcess::builder(&file, &dir.path().join("state"))
+        .port(port)
+        .start();
+
+    // The other route serves; the ACME route has no certificate and says why.
+    let lan = TlsClient::standalone(gate.port(), gate.state(), Some("alice"));
+    assert_eq!(lan.get("/").await.unwrap().status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while orders(&gate, "unreachable") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed order: {}",
+            gate.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gate.log();
+    assert!(
+        log.contains("route ha is not served: no ACME certificate yet"),
+        "{log}"
+    );
+    assert!(log.contains("cannot talk to the ACME directory"), "{log}");
+    assert!(
+        log.contains("the route is not served until a certificate is issued"),
+        "{log}"
+    );
+    let attempts = std::fs::read_to_string(gate.state().join("routes/ha/acme/attempts.json"))
+        .expect("the backoff is on disk");
+    assert!(attempts.contains("\"failures\": 1"), "{attempts}");
+    let pebble = prepared.start();
+    let alice = acme_client(&gate, pebble.root_der());
+    assert!(
+        served_leaf(&alice).await.is_err(),
+        "nothing served for it yet"
+    );
+
+    // The retry after the first backoff (15 s) finds the CA up.
+    wait_leaf(&gate, &alice, None, Duration::from_secs(45)).await;
+    assert_eq!(alice.get("/").await.unwrap().status, 200);
+    assert_eq!(lan.get("/").await.unwrap().status, 200);
+    assert!(!gate.state().join("routes/ha/acme/attempts.json").exists());
+}
