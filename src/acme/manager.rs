@@ -207,6 +207,19 @@ impl Manager {
             Err(failure) => (Err(failure), None),
         };
         let outcome = outcome.and_then(|issued| self.save(route, &issued));
+        // Persisted before it is reported: whoever reads the metric finds the backoff on disk.
+        let next = match &outcome {
+            Ok(()) => Attempts::default(),
+            Err(failure) => schedule::after_failure(
+                attempts,
+                SystemTime::now(),
+                retry_after,
+                &failure.to_string(),
+            ),
+        };
+        if let Err(e) = self.store.save_attempts(name, &next) {
+            tracing::error!(route = name, "{e}");
+        }
         let result = match &outcome {
             Ok(()) => "issued".to_owned(),
             Err(f) => f.kind.clone(),
@@ -218,36 +231,24 @@ impl Manager {
                 result,
             })
             .inc();
-        let next = match outcome {
-            Ok(()) => Attempts::default(),
-            Err(failure) => {
-                let next = schedule::after_failure(
-                    attempts,
-                    SystemTime::now(),
-                    retry_after,
-                    &failure.to_string(),
-                );
-                let until = if serving {
-                    "the current certificate keeps serving"
-                } else {
-                    "the route is not served until a certificate is issued"
-                };
-                tracing::error!(
-                    route = name,
-                    problem = %failure.kind,
-                    "ACME order for {} failed: {}; {until}; next try in {}s",
-                    route.hosts.join(", "),
-                    failure.message,
-                    next.not_before
-                        .map(schedule::from_unix)
-                        .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                        .map_or(0, |d| d.as_secs()),
-                );
-                next
-            }
-        };
-        if let Err(e) = self.store.save_attempts(name, &next) {
-            tracing::error!(route = name, "{e}");
+        if let Err(failure) = outcome {
+            let until = if serving {
+                "the current certificate keeps serving"
+            } else {
+                "the route is not served until a certificate is issued"
+            };
+            let wait = next
+                .not_before
+                .map(schedule::from_unix)
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .map_or(0, |d| d.as_secs());
+            tracing::error!(
+                route = name,
+                problem = %failure.kind,
+                "ACME order for {} failed: {}; {until}; next try in {wait}s",
+                route.hosts.join(", "),
+                failure.message,
+            );
         }
     }
 

@@ -330,16 +330,29 @@ impl Files {
             self.paths = config.watched.iter().map(absolute).collect();
             self.paths.push(self.cookie_keys.clone());
             // Written by the ACME manager: a new certificate is a reload like any edit.
-            let acme = config
+            // Its directory is made now, so the watch (on directories) can start at once.
+            let acme: Vec<PathBuf> = config
                 .routes
                 .iter()
                 .filter(|r| r.spec.server_certificate.acme.is_some())
                 .map(|r| {
-                    self.state
-                        .acme_certificate_path(super::name_of(&r.metadata))
-                });
-            self.paths
-                .extend(acme.map(|p| absolute(&p)).collect::<Vec<_>>());
+                    absolute(
+                        &self
+                            .state
+                            .acme_certificate_path(super::name_of(&r.metadata)),
+                    )
+                })
+                .collect();
+            for dir in acme.iter().filter_map(|p| p.parent()) {
+                if let Err(e) = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                {
+                    tracing::warn!("cannot create {}: {e}", dir.display());
+                }
+            }
+            self.paths.extend(acme);
         }
         let dirs: Vec<PathBuf> = self
             .paths
