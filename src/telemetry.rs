@@ -24,6 +24,13 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `portcullis_http_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// challenge | redirect | not_found
+    pub outcome: &'static str,
+}
+
 /// Labels of `portcullis_certificate_expiry_timestamp_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
@@ -76,6 +83,8 @@ pub struct Metrics {
     /// Handshakes that negotiated `acme-tls/1` (an ACME server validating a challenge),
     /// closed right after; neither requests nor handshake failures.
     pub acme_challenge_handshakes: Counter,
+    /// Requests on the plain-HTTP listener (`--http-listen`), by what they got.
+    pub http_requests: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -141,6 +150,11 @@ impl Metrics {
             "acme_challenge_handshakes",
             "TLS handshakes answering an ACME tls-alpn-01 challenge, closed after the handshake",
             self.acme_challenge_handshakes.clone(),
+        );
+        r.register(
+            "http_requests",
+            "Requests on the plain-HTTP listener: ACME http-01 challenge answered, redirect to https, or not found",
+            self.http_requests.clone(),
         );
     }
 
