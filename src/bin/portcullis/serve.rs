@@ -67,8 +67,9 @@ fn bind_error(addr: SocketAddr, flag: &str, e: std::io::Error) -> anyhow::Error 
     let hint = match e.kind() {
         std::io::ErrorKind::AddrInUse => "another process holds the port",
         std::io::ErrorKind::PermissionDenied => {
-            "ports below 1024 need privileges: grant CAP_NET_BIND_SERVICE (systemd: \
-             AmbientCapabilities=CAP_NET_BIND_SERVICE) or forward the port to one above 1023"
+            "ports below 1024 need privileges: grant CAP_NET_BIND_SERVICE, e.g. \
+             AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit, or forward the port \
+             to one above 1023"
         }
         _ => "check the address",
     };
