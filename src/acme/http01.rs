@@ -24,10 +24,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotRx};
 use crate::telemetry::{Metrics, OutcomeLabels};
 
 /// Where http-01 challenges are fetched (RFC 8555 §8.3).
@@ -103,12 +103,10 @@ impl Default for Limits {
 /// connection is dropped.
 const GRACE: Duration = Duration::from_secs(5);
 
-type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
-
 /// What every connection shares.
 struct Shared {
     tokens: Http01Tokens,
-    snapshots: Snapshots,
+    snapshots: SnapshotRx,
     metrics: Arc<Metrics>,
     limits: Limits,
     shutdown: CancellationToken,
@@ -122,7 +120,7 @@ struct Shared {
 pub async fn serve_http(
     listener: TcpListener,
     tokens: Http01Tokens,
-    snapshots: Snapshots,
+    snapshots: SnapshotRx,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -133,7 +131,7 @@ pub async fn serve_http(
 pub(crate) async fn serve_with(
     listener: TcpListener,
     tokens: Http01Tokens,
-    snapshots: Snapshots,
+    snapshots: SnapshotRx,
     metrics: Arc<Metrics>,
     limits: Limits,
     shutdown: CancellationToken,
@@ -190,7 +188,13 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>, _slot: OwnedSemaphorePe
     let conn = http.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     tokio::select! {
-        _ = conn.as_mut() => return,
+        ended = conn.as_mut() => {
+            if let Err(e) = ended {
+                // A header timeout, an oversized head, a reset: the client's doing.
+                tracing::debug!(error = %e, "plain-HTTP connection ended with an error");
+            }
+            return;
+        }
         () = shared.shutdown.cancelled() => {}
         () = tokio::time::sleep(limits.max_lifetime) => {}
     }
