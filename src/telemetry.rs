@@ -24,6 +24,13 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `portcullis_http_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// challenge | redirect | not_found
+    pub outcome: &'static str,
+}
+
 /// Labels of `portcullis_certificate_expiry_timestamp_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
@@ -95,6 +102,8 @@ pub struct Metrics {
     pub acme_orders: Family<AcmeOrderLabels, Counter>,
     /// ACME orders that failed in a row, by route (0 once one succeeds).
     pub acme_failures: Family<RouteLabels, Gauge>,
+    /// Requests on the plain-HTTP listener (`--http-listen`), by what they got.
+    pub http_requests: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -170,6 +179,11 @@ impl Metrics {
             "acme_consecutive_failures",
             "ACME orders of a route that failed in a row (alert when it stays above 0)",
             self.acme_failures.clone(),
+        );
+        r.register(
+            "http_requests",
+            "Requests on the plain-HTTP listener: ACME http-01 challenge answered, redirect to https, or not found",
+            self.http_requests.clone(),
         );
     }
 

@@ -285,3 +285,95 @@ async fn an_unreachable_ca_holds_back_only_its_route_until_it_answers() {
     assert_eq!(lan.get("/").await.unwrap().status, 200);
     assert!(!gate.state().join("routes/ha/acme/attempts.json").exists());
 }
+
+/// [`config`] with `challenge: http-01`.
+fn http01_config(upstream: std::net::SocketAddr, directory: &str, ca_file: &Path) -> String {
+    config(upstream, directory, ca_file).replace(
+        "      email: owner@acme.test\n",
+        "      email: owner@acme.test\n      challenge: http-01\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_issues_through_the_plain_http_listener() {
+    let upstream = Upstream::start().await;
+    let (port, http_port) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port: port,
+        http_port,
+        ..PebbleOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    let yaml = http01_config(
+        upstream.addr,
+        &pebble.directory_url(),
+        &pebble.ca_pem_path(),
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let gate = StandaloneProcess::builder(&file, &dir.path().join("state"))
+        .port(port)
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .start();
+
+    let alice = acme_client(&gate, pebble.root_der());
+    wait_leaf(&gate, &alice, None, ISSUED_WITHIN).await;
+    assert_eq!(alice.get("/").await.unwrap().status, 200);
+    let (_, metrics) = gate.admin_get("/metrics").expect("metrics");
+    let answered = metric_value(
+        &metrics,
+        "portcullis_http_requests_total{outcome=\"challenge\"}",
+    );
+    assert!(answered >= 1.0, "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "portcullis_acme_challenge_handshakes_total"),
+        0.0,
+        "validated over http, not on the TLS port"
+    );
+    // Now served, the host's plain-HTTP requests are sent to https.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .args(["--resolve", &format!("{ACME_HOST}:{http_port}:127.0.0.1")])
+        .arg(format!("http://{ACME_HOST}:{http_port}/lovelace?x=1"))
+        .output()
+        .expect("run curl");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out, format!("308 https://{ACME_HOST}/lovelace?x=1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_without_the_plain_http_listener_says_so_without_ordering() {
+    let upstream = Upstream::start().await;
+    let prepared = Pebble::prepare(PebbleOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    let yaml = http01_config(
+        upstream.addr,
+        &prepared.directory_url(),
+        &prepared.ca_pem_path(),
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let gate = StandaloneProcess::start(&file, &dir.path().join("state"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while orders(&gate, "config") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no refused order: {}",
+            gate.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gate.log();
+    assert!(
+        log.contains("needs the plain-HTTP listener: start the gate with --http-listen"),
+        "{log}"
+    );
+    // The CA was never asked: not even an account.
+    assert!(!gate.state().join("acme/accounts").exists(), "{log}");
+}

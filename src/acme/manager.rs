@@ -77,27 +77,34 @@ pub struct Manager {
     store: AcmeStore,
     responders: Responders,
     metrics: Arc<Metrics>,
+    /// Whether a plain-HTTP listener serves http-01 answers (`--http-listen`).
+    http01_served: bool,
     /// By directory URL and caFile.
     accounts: Mutex<HashMap<(String, Option<PathBuf>), Shared>>,
 }
 
 impl Manager {
-    pub fn new(state: StateDir, responders: Responders, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Manager {
+    pub fn new(state: StateDir, responders: Responders, metrics: Arc<Metrics>) -> Self {
+        Manager {
             store: AcmeStore::new(state),
             responders,
             metrics,
+            http01_served: false,
             accounts: Mutex::default(),
-        })
+        }
+    }
+
+    /// Whether `--http-listen` serves the http-01 answers; without it, an http-01 route
+    /// fails at once with the fix instead of spending an order the CA cannot validate.
+    pub fn serving_http01(mut self, served: bool) -> Self {
+        self.http01_served = served;
+        self
     }
 
     /// Follows the accepted configs until `shutdown`: a task per ACME route, restarted when
     /// the route's ACME settings or hosts change, stopped when it goes.
-    pub async fn run(
-        self: Arc<Self>,
-        mut configs: watch::Receiver<Config>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self, mut configs: watch::Receiver<Config>, shutdown: CancellationToken) {
+        let this = Arc::new(self);
         let mut running: HashMap<String, (AcmeRoute, JoinHandle<()>)> = HashMap::new();
         loop {
             let wanted = acme_routes(&configs.borrow_and_update());
@@ -110,7 +117,7 @@ impl Manager {
             });
             for route in wanted {
                 if !running.contains_key(&route.name) {
-                    let task = tokio::spawn(self.clone().keep_certificate(route.clone()));
+                    let task = tokio::spawn(this.clone().keep_certificate(route.clone()));
                     running.insert(route.name.clone(), (route, task));
                 }
             }
@@ -179,7 +186,17 @@ impl Manager {
             challenge = ?route.challenge,
             "ordering a certificate"
         );
-        let (outcome, retry_after) = match self.account(route).await {
+        let ready = if route.challenge == AcmeChallenge::Http01 && !self.http01_served {
+            Err(Failure::new(
+                "config",
+                "`challenge: http-01` needs the plain-HTTP listener: start the gate with \
+                 --http-listen 0.0.0.0:80 (reachable from the internet as port 80), or use \
+                 `challenge: tls-alpn-01`",
+            ))
+        } else {
+            self.account(route).await
+        };
+        let (outcome, retry_after) = match ready {
             Ok(shared) => {
                 let (account, retry_after) = &*shared;
                 let result = tokio::time::timeout(

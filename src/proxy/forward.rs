@@ -319,7 +319,7 @@ fn prepare(
 }
 
 /// Lowercase host without port: the URI authority (HTTP/2, absolute-form) or `Host`.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
     match req.uri().authority() {
         Some(authority) => normal_host(authority.host()),
         None => {

@@ -34,6 +34,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{Readiness, serve_admin, snapshot_loaded};
+pub(crate) use forward::request_host;
 pub use listen::bind;
 pub use seen::{Sighting, Sightings};
 

@@ -66,7 +66,11 @@ pub(crate) fn bind_gate(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListe
 fn bind_error(addr: SocketAddr, flag: &str, e: std::io::Error) -> anyhow::Error {
     let hint = match e.kind() {
         std::io::ErrorKind::AddrInUse => "another process holds the port",
-        std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges",
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges: grant CAP_NET_BIND_SERVICE, e.g. \
+             AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit, or forward the port \
+             to one above 1023"
+        }
         _ => "check the address",
     };
     anyhow!("cannot listen on {addr}: {e} ({hint}; choose another with {flag})")

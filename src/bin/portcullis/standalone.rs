@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
+use portcullis::acme::http01::serve_http;
 use portcullis::proxy;
 use portcullis::sources;
 use portcullis::state::StateDir;
@@ -36,6 +37,11 @@ pub(crate) struct Standalone {
         default_value = "127.0.0.1:9090"
     )]
     admin_listen: SocketAddr,
+    /// Address of an optional plain-HTTP listener (e.g. 0.0.0.0:80): it answers ACME
+    /// http-01 challenges and redirects requests for the configured hosts to https (port
+    /// 443 assumed). Off unless set.
+    #[arg(long, env = "PORTCULLIS_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     #[command(flatten)]
     proxy: ProxyArgs,
     /// Log as JSON lines.
@@ -51,6 +57,10 @@ pub(crate) fn run(args: Standalone) -> anyhow::Result<()> {
 async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     let listener = bind_gate(args.listen, "--listen")?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
+    let http = match args.http_listen {
+        Some(addr) => Some(bind(addr, "--http-listen").await?),
+        None => None,
+    };
     let listen = listener.local_addr().unwrap_or(args.listen);
 
     let state = StateDir::new(&args.state_dir);
@@ -76,6 +86,10 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     tracing::info!(
         %listen,
         admin = %admin.local_addr().unwrap_or(args.admin_listen),
+        http = %http
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or("off".into(), |a| a.to_string()),
         routes = loaded.snapshot.routes().len(),
         identities = loaded.snapshot.live_count(),
         state_dir = %state.root().display(),
@@ -94,7 +108,11 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     settings.enrollments = Some(Arc::new(portcullis::enroll::Enrollments::new(Arc::new(
         store,
     ))));
-    let tasks = [
+    // http-01 challenge answers: the ACME manager adds them, --http-listen serves them.
+    let http01 = acme.http01.clone();
+    let manager = portcullis::acme::Manager::new(state.clone(), acme, metrics.clone())
+        .serving_http01(http.is_some());
+    let mut tasks = vec![
         tokio::spawn(proxy::serve(
             listener,
             rx.clone(),
@@ -104,7 +122,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
         )),
         tokio::spawn(proxy::serve_admin(
             admin,
-            proxy::snapshot_loaded(rx),
+            proxy::snapshot_loaded(rx.clone()),
             Arc::new(registry),
             Some(sightings.clone()),
             shutdown.clone(),
@@ -115,20 +133,26 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
             seen_flush,
             shutdown.clone(),
         )),
-        tokio::spawn(
-            portcullis::acme::Manager::new(state.clone(), acme, metrics.clone())
-                .run(configs, shutdown.clone()),
-        ),
+        tokio::spawn(manager.run(configs, shutdown.clone())),
         tokio::spawn(sources::file::run(
             args.config,
             state,
             watched,
             tx,
             configs_tx,
-            metrics,
+            metrics.clone(),
             shutdown.clone(),
         )),
     ];
+    if let Some(http) = http {
+        tasks.push(tokio::spawn(serve_http(
+            http,
+            http01,
+            rx,
+            metrics,
+            shutdown.clone(),
+        )));
+    }
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
@@ -142,7 +166,7 @@ async fn run_standalone(args: Standalone) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn futures_join(tasks: [tokio::task::JoinHandle<()>; 5]) {
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for task in tasks {
         let _ = task.await;
     }
