@@ -91,7 +91,7 @@ pub async fn handle(
 }
 
 /// The header value for a route with `hsts` (no allocation per response).
-pub(super) static HSTS: HeaderValue = HeaderValue::from_static(crate::snapshot::HSTS);
+static HSTS: HeaderValue = HeaderValue::from_static(crate::snapshot::HSTS);
 
 /// A request for `route`'s `host`: the gate's own pages, admission, forwarding.
 async fn routed(
