@@ -85,7 +85,13 @@ pub struct Route {
     pub bypass: Vec<Bypass>,
     /// Which client request headers never reach the upstream beyond the built-in ones.
     pub headers: HeaderPolicy,
+    /// Every response for these hosts carries [`HSTS`], replacing the upstream's own.
+    pub hsts: bool,
 }
+
+/// The `Strict-Transport-Security` value a route with `hsts` sends: a year, and nothing
+/// about subdomains, since other names under a home domain may still be plain http.
+pub const HSTS: &str = "max-age=31536000";
 
 /// A route's additions to the request headers the gate strips (`stripHeaders`,
 /// `allowUnderscoreHeaders`).

@@ -158,6 +158,12 @@ async fn tls_alpn_01_issues_a_trusted_certificate_and_renews_it_under_open_conne
     std::fs::write(&root_pem, pebble.root_pem()).unwrap();
     assert_eq!(curl(&gate, &root_pem, false), "403");
     assert_eq!(curl(&gate, &root_pem, true), "200");
+    // A publicly trusted certificate: HSTS by default; the CA-minted route has none.
+    let hsts = |r: &Resp| r.header("strict-transport-security").map(str::to_owned);
+    let resp = alice.get("/").await.unwrap();
+    assert_eq!(hsts(&resp).as_deref(), Some("max-age=31536000"));
+    let lan = TlsClient::standalone(gate.port(), gate.state(), Some("alice"));
+    assert_eq!(hsts(&lan.get("/").await.unwrap()), None);
 
     // Renewal: new handshakes get the new certificate; a keep-alive connection and a
     // WebSocket opened on the old one keep working.

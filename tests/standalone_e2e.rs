@@ -359,3 +359,26 @@ async fn a_selector_change_closes_connections_without_sni() {
     assert_eq!(bob_conn.get("/").await.unwrap().status, 200);
     assert_eq!(by_ip("alice").get("/").await.unwrap().status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_is_off_for_a_ca_minted_route_until_the_file_turns_it_on() {
+    let install = Install::new().await;
+    let gate = install.start();
+    let sts = |resp: &common::Resp| resp.header("strict-transport-security").map(str::to_owned);
+    let alice = client(&gate, Some("alice"));
+    // The default for a certificate no phone trusts: no header, admitted or refused.
+    assert_eq!(sts(&alice.get("/").await.unwrap()), None);
+    assert_eq!(sts(&client(&gate, None).get("/").await.unwrap()), None);
+
+    let on = config(install.upstream.addr, false, "")
+        .replace("spec:\n  hosts:", "spec:\n  hsts: true\n  hosts:");
+    save(&install.file, &on);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sts(&alice.get("/").await.unwrap()).is_none() {
+        assert!(Instant::now() < deadline, "hsts: true was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = client(&gate, None).get("/").await.unwrap();
+    assert_eq!(refused.status, 403);
+    assert_eq!(sts(&refused).as_deref(), Some("max-age=31536000"));
+}

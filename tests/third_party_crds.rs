@@ -1,6 +1,7 @@
 //! The chart and the examples against the real CRDs of what they plug into, on a real API
 //! server (tests/envtest): Traefik's IngressRouteTCP / ServersTransportTCP for each Traefik
-//! major k3s ships, and the Argo CD / Flux objects of examples/k8s/ in their documented order.
+//! major k3s ships, the Argo CD / Flux objects of examples/k8s/ in their documented order,
+//! and the cert-manager example (ClusterIssuer, Certificate, the route naming its Secret).
 //!
 //! The CRDs are vendored, pinned and unmodified, under tests/vendor/ (source, version and
 //! licence in tests/vendor/README.md; tests/vendor/refresh.sh refreshes them). Objects are
@@ -363,4 +364,124 @@ fn gitops_examples_order_crds_before_custom_resources() {
         devices["spec"]["dependsOn"][0]["name"], "portcullis",
         "{devices}"
     );
+}
+
+/// examples/k8s/cert-manager.yaml with its commented DNS-01 solver in use (the comment
+/// markers of that block removed), as a ClusterIssuer `letsencrypt-dns`.
+fn cert_manager_dns01_issuer() -> Value {
+    let path = manifest_dir().join("examples/k8s/cert-manager.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let mut in_block = false;
+    let mut yaml = String::new();
+    for line in text.lines() {
+        in_block = line == "      # - dns01:" || (in_block && line.starts_with("      #   "));
+        match in_block {
+            true => yaml += &line.replacen("# ", "", 1),
+            false => yaml += line,
+        }
+        yaml.push('\n');
+    }
+    let docs = documents(&yaml);
+    let mut issuer = find(&docs, "ClusterIssuer", None).unwrap().clone();
+    let solvers = issuer["spec"]["acme"]["solvers"].as_array().unwrap();
+    assert!(
+        solvers.iter().any(|s| s.get("dns01").is_some()),
+        "the example's DNS-01 alternative: {solvers:?}"
+    );
+    issuer["metadata"]["name"] = "letsencrypt-dns".into();
+    issuer
+}
+
+/// The cert-manager example for a publicly trusted certificate: the ClusterIssuer (HTTP-01
+/// through Traefik, and its DNS-01 alternative), the Certificate and the ProtectedRoute
+/// naming its Secret, validated strictly against cert-manager's own CRDs and the chart's.
+/// Applied in a namespace of its own (the GitOps test owns `home-assistant`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_manager_example_validates_against_cert_managers_crds() {
+    let client = client().await;
+    let ns = "cert-manager-example";
+    let mut docs = example("cert-manager.yaml");
+    assert_eq!(
+        kinds(&docs),
+        ["Certificate", "ClusterIssuer", "ProtectedRoute"]
+            .map(str::to_owned)
+            .into()
+    );
+    for doc in &mut docs {
+        if doc["metadata"].get("namespace").is_some() {
+            doc["metadata"]["namespace"] = ns.into();
+        }
+    }
+    let certificate = find(&docs, "Certificate", None).unwrap();
+
+    // Without cert-manager, its kinds do not exist: install cert-manager first.
+    let early = apply_strict(&client, certificate).await;
+    assert!(
+        early
+            .as_ref()
+            .is_err_and(|e| e.contains("does not serve this kind")),
+        "{early:?}"
+    );
+
+    let mut crds = Vec::new();
+    for file in [
+        "cert-manager-certificates-crd.yaml",
+        "cert-manager-clusterissuers-crd.yaml",
+    ] {
+        crds.extend(vendored(file));
+    }
+    // The chart's CRDs as Helm installs them (helm/portcullis/crds/, not templated).
+    let chart_crds = chart_dir().join("crds/portcullis.yaml");
+    crds.extend(documents(&std::fs::read_to_string(chart_crds).unwrap()));
+    apply(&client, &crds).await.unwrap();
+    let source = source_of("cert-manager-certificates-crd.yaml");
+    apply_all(&client, &docs)
+        .await
+        .unwrap_or_else(|e| panic!("examples/k8s/cert-manager.yaml against {source}: {e}"));
+    apply_retrying(&client, &cert_manager_dns01_issuer())
+        .await
+        .unwrap_or_else(|e| panic!("the DNS-01 alternative against {source}: {e}"));
+
+    // What cert-manager will write: the Secret the route names, with the label the data
+    // plane watches for, stored as applied.
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
+        "certificates",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let stored = api.get("ha-example-com").await.unwrap();
+    assert_eq!(
+        stored.data["spec"]["secretTemplate"]["labels"]
+            [portcullis::resources::names::SERVER_CERTIFICATE_LABEL],
+        "true",
+        "{:?}",
+        stored.data
+    );
+}
+
+/// The example's Certificate and ProtectedRoute fit together: the Secret the route names is
+/// the one the Certificate writes, in the route's namespace, labelled for the data plane,
+/// for every host of the route.
+#[test]
+fn cert_manager_example_writes_the_secret_its_route_reads() {
+    let docs = example("cert-manager.yaml");
+    let cert = find(&docs, "Certificate", None).unwrap();
+    let route = find(&docs, "ProtectedRoute", None).unwrap();
+    assert_eq!(
+        cert["metadata"]["namespace"],
+        route["metadata"]["namespace"]
+    );
+    assert_eq!(
+        cert["spec"]["secretName"],
+        route["spec"]["serverCertificate"]["secretName"]
+    );
+    let label = portcullis::resources::names::SERVER_CERTIFICATE_LABEL;
+    assert_eq!(cert["spec"]["secretTemplate"]["labels"][label], "true");
+    assert_eq!(cert["spec"]["dnsNames"], route["spec"]["hosts"]);
+    let issuer = find(&docs, "ClusterIssuer", None).unwrap();
+    assert_eq!(
+        cert["spec"]["issuerRef"]["name"],
+        issuer["metadata"]["name"]
+    );
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
 }

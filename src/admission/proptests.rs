@@ -161,6 +161,7 @@ impl World {
             hosts: vec![HOST.into()],
             upstream: "127.0.0.1:8123".parse().expect("address"),
             headers: Default::default(),
+            hsts: false,
             selector: self.selector.map(|room| {
                 let labels = LabelSelector {
                     match_labels: Some(BTreeMap::from([(

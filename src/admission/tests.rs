@@ -46,6 +46,7 @@ fn route(selector: Option<&str>) -> Route {
             methods: vec![Method::POST],
         }],
         headers: Default::default(),
+        hsts: false,
     }
 }
 

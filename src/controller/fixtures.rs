@@ -48,6 +48,7 @@ pub fn route(name: &str) -> ProtectedRoute {
             bypass: Vec::new(),
             strip_headers: Vec::new(),
             allow_underscore_headers: false,
+            hsts: None,
         },
     );
     pr.metadata.namespace = Some("home".into());

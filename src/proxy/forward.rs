@@ -32,7 +32,7 @@ const BAD_BODY: &str =
     "malformed request body (invalid chunked framing, or cut short); send it again whole\n";
 
 pub async fn handle(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<Body>, Infallible> {
@@ -80,11 +80,32 @@ pub async fn handle(
             "Host does not match TLS SNI\n",
         ));
     }
+    let hsts = route.hsts;
+    let mut resp = routed(req, shared, conn, snapshot, route, host).await;
+    if hsts {
+        // `insert`: ours replaces any the upstream sent, so the browser sees one policy.
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, HSTS.clone());
+    }
+    Ok(resp)
+}
 
+/// The header value for a route with `hsts` (no allocation per response).
+static HSTS: HeaderValue = HeaderValue::from_static(crate::snapshot::HSTS);
+
+/// A request for `route`'s `host`: the gate's own pages, admission, forwarding.
+async fn routed(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    snapshot: Arc<Snapshot>,
+    route: Arc<Route>,
+    host: String,
+) -> Response<Body> {
     // The gate's own pages (enrollment links) come before admission: a device without a
     // certificate must reach them. Their paths hold secrets: not logged below.
     if crate::enroll::is_reserved(req.uri().path()) {
-        return Ok(super::enroll::serve(&req, &shared, &conn, &snapshot, &route).await);
+        return super::enroll::serve(&req, &shared, &conn, &snapshot, &route).await;
     }
 
     let cookie_name = route.cookie.as_ref().map(|c| c.name.as_str());
@@ -112,7 +133,7 @@ pub async fn handle(
             method = %req.method(), path = %req.uri().path(), reason = reason.as_str(),
             "request denied"
         );
-        return Ok(denied(&req, reason));
+        return denied(&req, reason);
     }
     conn::saw(&shared, &conn, &decision, &host, now);
     let set_cookie = earned_cookie(&decision, &snapshot, &route, &conn, &host, now);
@@ -132,7 +153,7 @@ pub async fn handle(
             let mut resp = plain(StatusCode::REQUEST_TIMEOUT, BODY_STALLED);
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(resp);
+            return resp;
         }
         // The client's body broke its framing (a malformed chunk) or stopped short: the
         // client's fault, not the upstream's, and no sign of an upstream outage.
@@ -142,11 +163,11 @@ pub async fn handle(
             let mut resp = plain(StatusCode::BAD_REQUEST, BAD_BODY);
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(resp);
+            return resp;
         }
         Err(e) => {
             tracing::warn!(route = %route.name, upstream = %route.upstream, error = %e, "upstream unreachable");
-            return Ok(plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE));
+            return plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE);
         }
     };
 
@@ -164,7 +185,7 @@ pub async fn handle(
             let mut resp = plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE);
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(resp);
+            return resp;
         };
         let admitted = decision
             .identity()
@@ -178,7 +199,7 @@ pub async fn handle(
             conn.open.clone(),
         ));
         // No Set-Cookie on a 101: iOS Safari ignores it there.
-        return Ok(resp.map(|b| b.boxed()));
+        return resp.map(|b| b.boxed());
     }
 
     // A chunked body's length is the chunks' (RFC 9112 §6.3): a Content-Length next to
@@ -191,7 +212,7 @@ pub async fn handle(
             .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
         {
             tracing::warn!(route = %route.name, upstream = %route.upstream, "upstream sent a transfer coding other than chunked");
-            return Ok(plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE));
+            return plain(StatusCode::BAD_GATEWAY, UPSTREAM_UNREACHABLE);
         }
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
@@ -204,9 +225,9 @@ pub async fn handle(
     if let Decision::Cookie { cert } = &decision {
         let admitted = Admitted::serial_on(&cert.serial_hex, &host);
         let gone = revocation::gone(shared.snapshots.clone(), Some(admitted));
-        return Ok(resp.map(|body| UntilGone::new(body.boxed(), gone).boxed()));
+        return resp.map(|body| UntilGone::new(body.boxed(), gone).boxed());
     }
-    Ok(resp.map(|b| b.boxed()))
+    resp.map(|b| b.boxed())
 }
 
 /// The `Set-Cookie` a request admitted by certificate earns when its cookie is due.

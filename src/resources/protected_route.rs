@@ -52,6 +52,12 @@ pub struct ProtectedRouteSpec {
     /// underscore spelling of a header the gate sets or strips is dropped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_underscore_headers: bool,
+    /// Send `Strict-Transport-Security: max-age=31536000` on every response for these
+    /// hosts, so a browser that once reached them never tries plain http again. Default:
+    /// on for `serverCertificate.acme` routes, off otherwise (a browser keeps it a year:
+    /// turn it on only with a certificate phones trust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<bool>,
 }
 
 /// The upstream service: a Kubernetes Service (operator) or a URL (standalone); exactly
@@ -112,6 +118,12 @@ impl ServerCertificate {
     /// then a phone does not trust it.
     pub fn is_minted(&self) -> bool {
         self.secret_name.is_none() && self.files.is_none() && self.acme.is_none()
+    }
+
+    /// Whether the route sends HSTS when `spec.hsts` is not set: only with a certificate
+    /// every browser trusts, since a browser keeps the policy for a year.
+    pub fn hsts_by_default(&self) -> bool {
+        self.acme.is_some()
     }
 }
 

@@ -203,5 +203,55 @@ pub(crate) fn resolve(name: &str, spec: &ProtectedRouteSpec) -> Result<Route> {
                 .collect(),
             allow_underscores: spec.allow_underscore_headers,
         },
+        hsts: spec
+            .hsts
+            .unwrap_or(spec.server_certificate.hsts_by_default()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{CertificateFiles, ServerCertificate};
+
+    fn spec(yaml: &str) -> ProtectedRouteSpec {
+        let base = "hosts: [ha.example.org]\nupstream:\n  url: http://127.0.0.1:8123\n";
+        serde_yaml::from_str(&format!("{base}{yaml}")).expect("spec")
+    }
+
+    fn hsts(spec: &ProtectedRouteSpec) -> bool {
+        resolve("ha", spec).expect("valid route").hsts
+    }
+
+    #[test]
+    fn hsts_is_what_the_route_says_else_its_certificate_default() {
+        // Minted by the Portcullis CA (no phone trusts it) or brought: off unless asked.
+        assert!(!hsts(&spec("")));
+        let files = "serverCertificate:\n  files:\n    certificate: a.pem\n    key: b.pem\n";
+        assert!(!hsts(&spec(files)));
+        assert!(!hsts(&spec("serverCertificate:\n  secretName: ha-tls\n")));
+        assert!(hsts(&spec("hsts: true\n")));
+        assert!(hsts(&spec(&format!("{files}hsts: true\n"))));
+        assert!(!hsts(&spec("hsts: false\n")));
+        // A publicly trusted certificate from ACME: on unless turned off.
+        let acme = "serverCertificate:\n  acme:\n    email: me@example.com\n";
+        assert!(hsts(&spec(acme)));
+        assert!(!hsts(&spec(&format!("{acme}hsts: false\n"))));
+
+        // An explicit value wins over the certificate's default, both ways.
+        let brought = ServerCertificate {
+            files: Some(CertificateFiles {
+                certificate: "a.pem".into(),
+                key: "b.pem".into(),
+            }),
+            ..Default::default()
+        };
+        for sc in [ServerCertificate::default(), brought] {
+            let mut s = spec("");
+            s.server_certificate = sc.clone();
+            assert_eq!(hsts(&s), sc.hsts_by_default(), "{sc:?}");
+            s.hsts = Some(!sc.hsts_by_default());
+            assert_eq!(hsts(&s), !sc.hsts_by_default(), "{sc:?}");
+        }
+    }
 }

@@ -189,6 +189,7 @@ pub fn route(name: &str, hosts: &[&str], upstream: SocketAddr) -> Route {
         }),
         bypass: Vec::new(),
         headers: Default::default(),
+        hsts: false,
     }
 }
 

@@ -14,6 +14,7 @@ ARGO_CD=v3.1.8
 FLUX_SOURCE=v1.7.0           # source-controller (GitRepository)
 FLUX_KUSTOMIZE=v1.10.1       # kustomize-controller (Kustomization)
 FLUX_HELM=v1.4.0             # helm-controller (HelmRelease)
+CERT_MANAGER=v1.21.2         # Certificate, ClusterIssuer (examples/k8s/cert-manager.yaml)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 work="$(mktemp -d)"
@@ -77,4 +78,16 @@ dir="$(module_dir "github.com/fluxcd/helm-controller@$FLUX_HELM")"
 file=config/crd/bases/helm.toolkit.fluxcd.io_helmreleases.yaml
 { header "github.com/fluxcd/helm-controller@$FLUX_HELM $file" "Apache-2.0 (LICENSE-fluxcd.txt)"
   cat "$dir/$file"; } > "$here/flux-helmrelease-crd.yaml"
+# deploy/crds/ holds the CRDs as controller-gen writes them (plain YAML, no Helm template
+# lines; the chart adds only labels and a keep policy around the same schemas).
+dir="$(module_dir "github.com/cert-manager/cert-manager@$CERT_MANAGER")"
+for plural in certificates clusterissuers; do
+  file=deploy/crds/cert-manager.io_$plural.yaml
+  if grep -q '{{' "$dir/$file"; then
+    echo "refresh: $file holds template lines; render them before vendoring" >&2; exit 1
+  fi
+  { header "github.com/cert-manager/cert-manager@$CERT_MANAGER $file" "Apache-2.0 (LICENSE-cert-manager.txt)"
+    cat "$dir/$file"; } > "$here/cert-manager-$plural-crd.yaml"
+done
+install -m 0644 "$dir/LICENSE" "$here/LICENSE-cert-manager.txt"
 echo "refresh: done; now run cargo test --test third_party_crds" >&2

@@ -24,6 +24,7 @@ fn snapshot(hosts: &[&str]) -> Arc<Snapshot> {
         cookie: None,
         bypass: Vec::new(),
         headers: Default::default(),
+        hsts: false,
     };
     Arc::new(crate::snapshot::for_tests(route, Vec::new(), vec![[7; 32]]))
 }

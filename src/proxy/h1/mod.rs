@@ -36,7 +36,7 @@ use super::conn::ConnInfo;
 use super::forward::{BODY_STALLED, UPSTREAM_UNREACHABLE, request_counter};
 use super::revocation::{self, Admitted};
 use crate::admission::Decision;
-use crate::snapshot::Route;
+use crate::snapshot::{HSTS, Route};
 use prometheus_client::metrics::counter::Counter;
 use request::{Forward, Head};
 use response::{Body, ClientSide, Final, Framing};
@@ -268,8 +268,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
     ) -> Result<(), Close> {
         tracing::warn!(route = %forward.route.name, upstream = %forward.route.upstream, error = %error, "upstream unreachable");
         self.body_unread |= body_left > 0;
-        self.answer(BAD_GATEWAY, forward.close || body_left > 0)
-            .await
+        let close = forward.close || body_left > 0;
+        self.answer(BAD_GATEWAY, close, forward.route.hsts).await
     }
 
     /// Writes the request to `tcp` and reads the final response head, written for the
@@ -287,11 +287,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         }
         let sent = match body_left {
             0 => BodySent::Whole,
-            _ => self.stream_body(tcp, body_left).await?,
+            _ => self.stream_body(tcp, body_left, forward.route.hsts).await?,
         };
         let side = ClientSide {
             head_only: forward.head_only,
             set_cookie: forward.set_cookie.as_ref(),
+            hsts: forward.route.hsts,
             close: forward.close || sent == BodySent::CutShort,
         };
         loop {
@@ -320,7 +321,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
     /// within the body idle timeout. Stops early when the upstream answers (or closes)
     /// before the body is done — a 413 or 401 for an upload it will not read — so that
     /// answer reaches the client instead of a write blocking on an upstream not reading.
-    async fn stream_body(&mut self, tcp: &mut TcpStream, mut left: u64) -> Result<BodySent, Close> {
+    async fn stream_body(
+        &mut self,
+        tcp: &mut TcpStream,
+        mut left: u64,
+        hsts: bool,
+    ) -> Result<BodySent, Close> {
         let idle = self.shared.settings.limits.body_idle_timeout;
         let Session {
             client,
@@ -361,7 +367,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
                 Step::ClientGone => return Err(Close),
                 Step::Stalled => {
                     tracing::info!(client = %self.conn.client.ip(), "request body stalled");
-                    self.answer(REQUEST_TIMEOUT, true).await?;
+                    self.answer(REQUEST_TIMEOUT, true, hsts).await?;
                     return Err(Close);
                 }
             }
@@ -429,8 +435,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
         self.client.flush().await.map_err(|_| Close)
     }
 
-    /// A short answer of the gate's own (the request could not be forwarded).
-    async fn answer(&mut self, answer: Answer, close: bool) -> Result<(), Close> {
+    /// A short answer of the gate's own (the request could not be forwarded), with HSTS
+    /// when the route has it.
+    async fn answer(&mut self, answer: Answer, close: bool, hsts: bool) -> Result<(), Close> {
         self.to_client.clear();
         let (status, text) = answer;
         for part in [
@@ -439,6 +446,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<T> {
             "\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
             &text.len().to_string(),
             if close { "\r\nconnection: close" } else { "" },
+            if hsts {
+                "\r\nstrict-transport-security: "
+            } else {
+                ""
+            },
+            if hsts { HSTS } else { "" },
             "\r\n\r\n",
             text,
         ] {

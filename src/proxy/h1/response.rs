@@ -13,6 +13,7 @@ use http::HeaderValue;
 
 use super::super::headers;
 use super::{chunked, content_length, write_header};
+use crate::snapshot::HSTS;
 
 /// Largest response head read from an upstream.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -57,6 +58,8 @@ pub struct ClientSide<'a> {
     /// The request was `HEAD`.
     pub head_only: bool,
     pub set_cookie: Option<&'a HeaderValue>,
+    /// The route sends HSTS: ours replaces the upstream's.
+    pub hsts: bool,
     /// Close the client connection after this response.
     pub close: bool,
 }
@@ -128,8 +131,10 @@ pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<He
         let hop = headers::is_hop_by_hop(h.name)
             || h.name.eq_ignore_ascii_case("upgrade")
             || named.iter().any(|n| h.name.eq_ignore_ascii_case(n));
-        // The gate writes the framing itself, below.
-        if !hop && !h.name.eq_ignore_ascii_case("content-length") {
+        // The gate writes the framing itself, below; and HSTS, when the route has it.
+        let ours = h.name.eq_ignore_ascii_case("content-length")
+            || (client.hsts && h.name.eq_ignore_ascii_case("strict-transport-security"));
+        if !hop && !ours {
             write_header(out, h.name, h.value);
         }
     }
@@ -146,6 +151,9 @@ pub fn read(buf: &[u8], client: &ClientSide<'_>, out: &mut Vec<u8>) -> Result<He
     }
     if let Some(cookie) = client.set_cookie {
         write_header(out, "set-cookie", cookie.as_bytes());
+    }
+    if client.hsts {
+        write_header(out, "strict-transport-security", HSTS.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 
@@ -236,6 +244,7 @@ mod tests {
         ClientSide {
             head_only: false,
             set_cookie: None,
+            hsts: false,
             close: false,
         }
     }
@@ -330,6 +339,7 @@ mod tests {
         let side = ClientSide {
             head_only: true,
             set_cookie: Some(&cookie),
+            hsts: false,
             close: true,
         };
         let mut out = Vec::new();
@@ -350,5 +360,26 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\
              set-cookie: __Host-p=v1.x; Path=/\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn client_head_replaces_the_upstreams_hsts_with_the_routes() {
+        let raw = b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=1; preload\r\n\
+                    Content-Length: 0\r\n\r\n";
+        for (hsts, sts) in [(true, HSTS), (false, "max-age=1; preload")] {
+            let side = ClientSide { hsts, ..client() };
+            let mut out = Vec::new();
+            read(raw, &side, &mut out).expect("a final head");
+            let out = String::from_utf8(out).expect("ascii");
+            let lines: Vec<&str> = out
+                .lines()
+                .filter(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("strict-transport-security:")
+                })
+                .collect();
+            assert_eq!(lines.len(), 1, "{out}");
+            assert!(lines[0].ends_with(&format!(": {sts}")), "{out}");
+        }
     }
 }

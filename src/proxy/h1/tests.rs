@@ -32,6 +32,7 @@ fn snapshot() -> Snapshot {
         }),
         bypass: Vec::new(),
         headers: Default::default(),
+        hsts: false,
     };
     let alice = LiveCert {
         identity: "alice".into(),
@@ -262,6 +263,7 @@ fn whatever_the_client_gets_is_framed_exactly_as_the_gate_reads_it() {
         let side = response::ClientSide {
             head_only: round % 7 == 0,
             set_cookie: None,
+            hsts: round % 3 == 0,
             close: false,
         };
         let Ok(response::Head::Final(head)) = response::read(&input, &side, &mut out) else {

@@ -20,6 +20,7 @@ fn route() -> ProtectedRouteSpec {
         }],
         strip_headers: vec!["X-Home-User".into(), "X-Corp-*".into()],
         allow_underscore_headers: false,
+        hsts: None,
     }
 }
 
