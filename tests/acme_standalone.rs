@@ -383,3 +383,54 @@ async fn http_01_without_the_plain_http_listener_says_so_without_ordering() {
     // The CA was never asked: not even an account.
     assert!(!gate.state().join("acme/accounts").exists(), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_issued_fallback_serves_a_portcullis_certificate_until_the_first_issuance() {
+    let upstream = Upstream::start().await;
+    // Never started: the CA stays unreachable for the whole test.
+    let prepared = Pebble::prepare(PebbleOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    let yaml = config(
+        upstream.addr,
+        &prepared.directory_url(),
+        &prepared.ca_pem_path(),
+    )
+    .replace(
+        "      email: owner@acme.test\n",
+        "      email: owner@acme.test\n      selfIssuedFallback: true\n",
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let gate = StandaloneProcess::start(&file, &dir.path().join("state"));
+    // Served, with a certificate from the installation's own CA (what the opt-in means).
+    let own_ca = TlsClient::standalone(gate.port(), gate.state(), Some("alice")).sni(ACME_HOST);
+    assert_eq!(own_ca.get("/").await.unwrap().status, 200);
+    let log = gate.log();
+    assert!(
+        log.contains("serving a certificate of the Portcullis CA until then"),
+        "{log}"
+    );
+}
+
+#[test]
+fn check_refuses_a_wildcard_for_acme_and_points_to_dns_01_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    let yaml = config(
+        ([127, 0, 0, 1], 8123).into(),
+        "https://acme.example/dir",
+        Path::new("ca.pem"),
+    )
+    .replace(&format!("[{ACME_HOST}]"), "['*.example.com']");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.hosts[0]"), "{err}");
+    assert!(err.contains("only by DNS-01"), "{err}");
+    assert!(err.contains("serverCertificate.files"), "{err}");
+}

@@ -116,6 +116,15 @@ async fn invalid_objects_are_refused_at_apply_time() {
             SERVER_CERTIFICATE_MESSAGE,
         ),
         (
+            "a Secret and ACME",
+            route(
+                "r3a",
+                json!({"serverCertificate": {"secretName": "ha-tls",
+                       "acme": {"email": "me@example.com"}}}),
+            ),
+            SERVER_CERTIFICATE_MESSAGE,
+        ),
+        (
             "host with a port",
             route("r4", json!({"hosts": ["ha.example.org:8443"]})),
             HOSTS_MESSAGE,
@@ -213,6 +222,12 @@ async fn invalid_objects_are_refused_at_apply_time() {
             "v4",
             json!({"serverCertificate": {"files": {"certificate": "/ssl/fullchain.pem",
                                                    "key": "/ssl/privkey.pem"}}}),
+        ),
+        // Accepted by the schema (standalone uses it); the controller refuses it in status.
+        route(
+            "v5",
+            json!({"serverCertificate": {"acme": {"email": "me@example.com",
+                                                  "challenge": "http-01"}}}),
         ),
         identity(
             "v3",

@@ -342,9 +342,10 @@ fn server_trust_note(host: &str) -> String {
         "{host} serves a certificate from this installation's own CA, which the phone does \
          not trust: it will warn before showing the page. Do not install the Portcullis CA \
          as a trusted root on the phone (it also signs device certificates). Give the route a \
-         publicly trusted certificate instead (a Let's Encrypt certificate: \
-         serverCertificate.secretName from cert-manager, or serverCertificate.files with your \
-         Let's Encrypt / DuckDNS add-on's fullchain.pem and privkey.pem; see the README)."
+         publicly trusted certificate instead (Let's Encrypt: standalone, \
+         serverCertificate.acme with your email; in Kubernetes, serverCertificate.secretName \
+         from cert-manager; or serverCertificate.files with your Let's Encrypt / DuckDNS \
+         add-on's fullchain.pem and privkey.pem; see the README)."
     )
 }
 
