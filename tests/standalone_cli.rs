@@ -98,7 +98,7 @@ fn check_lists_every_problem_and_fails() {
     assert!(err.contains("document 1 (ProtectedRoute/home-assistant), line 31: spec.upstream.url: https upstreams"), "{err}");
     assert!(
         err.contains(
-            "document 2 (ClientIdentity/alice-iphone), line 80: spec.renewBefore: must be shorter"
+            "document 2 (ClientIdentity/alice-iphone), line 81: spec.renewBefore: must be shorter"
         ),
         "{err}"
     );

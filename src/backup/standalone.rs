@@ -1,7 +1,8 @@
 //! Standalone mode: the state directory's trust files in, a new state directory out.
 //!
-//! Backed up: `ca/`, `crl.pem`, `revoked.yaml`, `cookie-keys`, `routes/*/` and
-//! `identities/*/` (certificates, keys, `.p12` files, `previous.crt`, `seen.json`). Left
+//! Backed up: `ca/`, `crl.pem`, `revoked.yaml`, `cookie-keys`, `routes/*/` (ACME
+//! certificates and backoff included), `acme/` (ACME accounts) and `identities/*/`
+//! (certificates, keys, `.p12` files, `previous.crt`, `seen.json`). Left
 //! out: `enrollments/` (one-time links expire within minutes) and temp files.
 //! Restored into a staging directory beside the target, then renamed into place: the
 //! target appears complete or not at all.
@@ -20,7 +21,7 @@ use crate::state::{PUBLIC_MODE, SECRET_MODE, StateDir, write_atomic};
 /// Top-level files of the state directory that a backup holds.
 const TOP_FILES: [&str; 3] = ["crl.pem", "revoked.yaml", "cookie-keys"];
 /// Top-level directories a backup holds, whole.
-const TOP_DIRS: [&str; 3] = ["ca", "routes", "identities"];
+const TOP_DIRS: [&str; 4] = ["ca", "routes", "identities", "acme"];
 
 /// Reads what the backup holds from `state`, and the config file when given.
 pub fn collect_standalone(state: &StateDir, config: Option<&Path>) -> Result<StandaloneContents> {

@@ -86,8 +86,16 @@ fn damaged_and_foreign_files_are_named_as_such() {
 fn restore_writes_the_layout_with_modes_and_refuses_a_ca_or_escaping_paths() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("state");
-    let archive = with_ca(&[("identities/phone/tls.key", b"k"), ("crl.pem", b"c")]);
+    let archive = with_ca(&[
+        ("identities/phone/tls.key", b"k"),
+        ("crl.pem", b"c"),
+        ("acme/accounts/0123456789abcdef.json", b"{}"),
+        ("routes/ha/acme/certificate.pem", b"p"),
+    ]);
     restore_standalone(standalone(&archive), &target, None).expect("restore");
+    // ACME accounts and certificates are part of the layout.
+    assert!(target.join("acme/accounts/0123456789abcdef.json").exists());
+    assert!(target.join("routes/ha/acme/certificate.pem").exists());
     let mode = |rel: &str| {
         std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(target.join(rel)).unwrap().permissions(),
