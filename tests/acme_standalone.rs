@@ -434,3 +434,120 @@ fn check_refuses_a_wildcard_for_acme_and_points_to_dns_01_tools() {
     assert!(err.contains("only by DNS-01"), "{err}");
     assert!(err.contains("serverCertificate.files"), "{err}");
 }
+
+/// An HTTPS server on loopback answering every request as a CA over its rate limit does
+/// (429, a problem document, `Retry-After: 3600`), counting the requests. Pebble cannot be
+/// made to send Retry-After on demand.
+struct RateLimitedCa {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl RateLimitedCa {
+    async fn start(ca_file: &Path) -> RateLimitedCa {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca = portcullis::pki::Ca::generate("Rate-limited test CA").unwrap();
+        std::fs::write(ca_file, ca.cert_pem()).unwrap();
+        let cert = ca
+            .issue_server(&["127.0.0.1".into()], Duration::from_secs(3600))
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_der.clone().into());
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(cert.cert_der.clone())], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, counted) = (acceptor.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let body = r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many requests","status":429}"#;
+                    let response = format!(
+                        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3600\r\n\
+                         Content-Type: application/problem+json\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        RateLimitedCa {
+            addr,
+            requests,
+            _task: task,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_is_honoured_across_restarts() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    let ca = RateLimitedCa::start(&ca_file).await;
+    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+    let directory = format!("https://{}/dir", ca.addr);
+    std::fs::write(&file, config(upstream.addr, &directory, &ca_file)).unwrap();
+
+    let gate = StandaloneProcess::start(&file, &state);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while orders(&gate, "rateLimited") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no rate-limited order: {}",
+            gate.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gate.log();
+    assert!(
+        log.contains("answered HTTP 429 and asks to wait until"),
+        "{log}"
+    );
+    let attempts = std::fs::read_to_string(state.join("routes/ha/acme/attempts.json")).unwrap();
+    let attempts: serde_json::Value = serde_json::from_str(&attempts).unwrap();
+    let not_before = attempts["notBefore"].as_u64().expect("notBefore");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The CA's hour, not the 15 s of a first failure.
+    assert!(not_before >= now + 3500, "{attempts}");
+    assert!(gate.terminate().success());
+
+    // A restart keeps waiting: the CA hears nothing more.
+    let asked = ca.requests();
+    let gate = StandaloneProcess::start(&file, &state);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ca.requests(), asked, "{}", gate.log());
+    let log = gate.log();
+    assert!(log.contains("next ACME order in"), "{log}");
+    assert!(!log.contains("ordering a certificate"), "{log}");
+}

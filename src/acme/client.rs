@@ -23,18 +23,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest Retry-After honoured: a bogus header must not stop renewals for months.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 86_400);
 
-/// The latest Retry-After of a 429 or 503 answer, shared with the order that caused it.
+/// A CA's request to wait: the status it answered (429 or 503) and its Retry-After.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    pub status: u16,
+    pub until: SystemTime,
+}
+
+/// The latest [`Wait`] a CA asked for, shared with the order that caused it.
 #[derive(Clone, Debug, Default)]
-pub struct RetryAfter(Arc<Mutex<Option<SystemTime>>>);
+pub struct RetryAfter(Arc<Mutex<Option<Wait>>>);
 
 impl RetryAfter {
-    /// Takes the noted time (so the next failure does not inherit it).
-    pub fn take(&self) -> Option<SystemTime> {
+    /// Takes the noted wait (so the next failure does not inherit it).
+    pub fn take(&self) -> Option<Wait> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    fn note(&self, at: SystemTime) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    fn note(&self, wait: Wait) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(wait);
     }
 }
 
@@ -106,11 +113,14 @@ impl HttpClient for DirectoryClient {
             if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
             {
                 let header = response.headers().get(RETRY_AFTER);
-                if let Some(at) = header
+                if let Some(until) = header
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after)
                 {
-                    retry_after.note(at);
+                    retry_after.note(Wait {
+                        status: status.as_u16(),
+                        until,
+                    });
                 }
             }
             Ok(BytesResponse::from(response))

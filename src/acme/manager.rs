@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{RetryAfter, directory_client};
+use super::client::{RetryAfter, Wait, directory_client};
 use super::order::{self, Issued, Responders};
 use super::problem::Failure;
 use super::schedule::{self, Attempts};
@@ -187,16 +187,19 @@ impl Manager {
             "ordering a certificate"
         );
         let ready = if route.challenge == AcmeChallenge::Http01 && !self.http01_served {
-            Err(Failure::new(
-                "config",
-                "`challenge: http-01` needs the plain-HTTP listener: start the gate with \
-                 --http-listen 0.0.0.0:80 (reachable from the internet as port 80), or use \
-                 `challenge: tls-alpn-01`",
+            Err((
+                Failure::new(
+                    "config",
+                    "`challenge: http-01` needs the plain-HTTP listener: start the gate with \
+                     --http-listen 0.0.0.0:80 (reachable from the internet as port 80), or \
+                     use `challenge: tls-alpn-01`",
+                ),
+                None,
             ))
         } else {
             self.account(route).await
         };
-        let (outcome, retry_after) = match ready {
+        let (outcome, wait) = match ready {
             Ok(shared) => {
                 let (account, retry_after) = &*shared;
                 let result = tokio::time::timeout(
@@ -221,8 +224,15 @@ impl Manager {
                 };
                 (outcome, retry_after.take())
             }
-            Err(failure) => (Err(failure), None),
+            Err((failure, wait)) => (Err(failure), wait),
         };
+        let outcome = outcome.map_err(|failure| match wait {
+            Some(w) if matches!(failure.kind.as_str(), "internal" | "unreachable") => {
+                Failure::asked_to_wait(&route.directory, w.status, w.until)
+            }
+            _ => failure,
+        });
+        let retry_after = wait.map(|w: Wait| w.until);
         let outcome = outcome.and_then(|issued| self.save(route, &issued));
         // Persisted before it is reported: whoever reads the metric finds the backoff on disk.
         let next = match &outcome {
@@ -289,8 +299,9 @@ impl Manager {
     }
 
     /// The account for the route's directory: cached, else loaded from disk, else
-    /// registered (once, however many routes ask at the same time).
-    async fn account(&self, route: &AcmeRoute) -> Result<Shared, Failure> {
+    /// registered (once, however many routes ask at the same time). A failure comes with
+    /// the wait the CA asked for, if it did.
+    async fn account(&self, route: &AcmeRoute) -> Result<Shared, (Failure, Option<Wait>)> {
         let key = (route.directory.clone(), route.ca_file.clone());
         let mut accounts = self.accounts.lock().await;
         if let Some(shared) = accounts.get(&key) {
@@ -298,8 +309,26 @@ impl Manager {
         }
         let retry_after = RetryAfter::default();
         let http = directory_client(route.ca_file.as_deref(), retry_after.clone())
-            .map_err(|m| Failure::new("config", m))?;
-        let builder = Account::builder_with_http(http);
+            .map_err(|m| (Failure::new("config", m), None))?;
+        match self
+            .open_account(route, Account::builder_with_http(http))
+            .await
+        {
+            Ok(account) => {
+                let shared = Arc::new((account, retry_after));
+                accounts.insert(key, shared.clone());
+                Ok(shared)
+            }
+            Err(failure) => Err((failure, retry_after.take())),
+        }
+    }
+
+    /// The stored account for the route's directory, else a new one (saved).
+    async fn open_account(
+        &self,
+        route: &AcmeRoute,
+        builder: instant_acme::AccountBuilder,
+    ) -> Result<Account, Failure> {
         let fail = |e: instant_acme::Error| {
             Failure::from_error(&e, &route.directory, &route.hosts, route.challenge)
         };
@@ -350,8 +379,6 @@ impl Manager {
                 account
             }
         };
-        let shared = Arc::new((account, retry_after));
-        accounts.insert(key, shared.clone());
-        Ok(shared)
+        Ok(account)
     }
 }

@@ -58,6 +58,24 @@ impl Failure {
         Failure { kind, message }
     }
 
+    /// The CA answered 429 or 503 with a Retry-After: whatever the client made of the
+    /// answer (a directory fetch does not read it as a problem), that is what happened.
+    pub fn asked_to_wait(directory: &str, status: u16, until: std::time::SystemTime) -> Self {
+        let kind = if status == 429 {
+            "rateLimited"
+        } else {
+            "unavailable"
+        };
+        Failure::new(
+            kind,
+            format!(
+                "the ACME CA at {directory} answered HTTP {status} and asks to wait until {}; \
+                 the gate waits that long before ordering again",
+                humantime::format_rfc3339_seconds(until)
+            ),
+        )
+    }
+
     /// From any error of the ACME client.
     pub fn from_error(
         error: &instant_acme::Error,
