@@ -551,3 +551,48 @@ async fn a_retry_after_is_honoured_across_restarts() {
     assert!(log.contains("next ACME order in"), "{log}");
     assert!(!log.contains("ordering a certificate"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_validation_names_the_problem_and_what_to_check() {
+    let upstream = Upstream::start().await;
+    // Pebble validates on a port where nothing listens: a port forward to the wrong place.
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port: free_port(),
+        ..PebbleOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    let yaml = config(
+        upstream.addr,
+        &pebble.directory_url(),
+        &pebble.ca_pem_path(),
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let gate = StandaloneProcess::start(&file, &dir.path().join("state"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Pebble calls it `unauthorized` (Let's Encrypt: `connection`); both get the advice.
+    while orders(&gate, "unauthorized") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed validation: {}",
+            gate.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gate.log();
+    assert!(log.contains("(unauthorized)"), "{log}");
+    assert!(log.contains("Failed to connect to"), "{log}");
+    assert!(
+        log.contains("port 443 (tls-alpn-01: the gate's --listen port) is open to the internet"),
+        "{log}"
+    );
+    let (_, metrics) = gate.admin_get("/metrics").expect("metrics");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "portcullis_acme_consecutive_failures{route=\"ha\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}

@@ -131,8 +131,9 @@ fn advice(kind: &str, hosts: &[String], challenge: AcmeChallenge) -> String {
              and forwarded to the gate (router port forward, firewall)"
         ),
         "unauthorized" | "incorrectResponse" => format!(
-            "the CA reached a server that did not answer the challenge: check that {names} \
-             points at this box and that port {port} reaches the gate, not another service"
+            "the CA could not see the gate's answer: check that {names} points at this box \
+             and that port {port} is open to the internet and reaches the gate (router port \
+             forward, firewall), not another service"
         ),
         "rateLimited" => {
             "the CA's rate limit; the gate waits as long as the CA asks (Retry-After) \
