@@ -44,16 +44,6 @@ fn acme_client(gate: &StandaloneProcess, root: CertificateDer<'static>) -> TlsCl
     client
 }
 
-/// The leaf a new handshake sees (verified against the client's roots), or why not.
-async fn served_leaf(client: &TlsClient) -> Result<Vec<u8>, String> {
-    let tls = client.connect().await.map_err(|e| describe(&e))?;
-    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    certs
-        .first()
-        .map(|c| c.to_vec())
-        .ok_or_else(|| "no certificate".into())
-}
-
 /// Waits until a new handshake verifies and shows a leaf other than `not`.
 async fn wait_leaf(
     gate: &StandaloneProcess,
@@ -63,7 +53,7 @@ async fn wait_leaf(
 ) -> Vec<u8> {
     let deadline = Instant::now() + within;
     loop {
-        let served = served_leaf(client).await;
+        let served = client.served_leaf().await;
         match served {
             Ok(leaf) if Some(leaf.as_slice()) != not => return leaf,
             other if Instant::now() >= deadline => panic!(
@@ -72,6 +62,19 @@ async fn wait_leaf(
             ),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+/// Waits until the gate has counted an order ending in `result`.
+async fn wait_orders(gate: &StandaloneProcess, result: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while orders(gate, result) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no order ended in {result} within {within:?}: {}",
+            gate.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -225,7 +228,7 @@ async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
 
     let gate = StandaloneProcess::builder(&file, &state).port(port).start();
     // Served at once, from the disk: the same certificate, and no order at all.
-    assert_eq!(served_leaf(&alice).await.unwrap(), issued);
+    assert_eq!(alice.served_leaf().await.unwrap(), issued);
     assert_eq!(alice.get("/").await.unwrap().status, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = gate.log();
@@ -256,15 +259,7 @@ async fn an_unreachable_ca_holds_back_only_its_route_until_it_answers() {
     // The other route serves; the ACME route has no certificate and says why.
     let lan = TlsClient::standalone(gate.port(), gate.state(), Some("alice"));
     assert_eq!(lan.get("/").await.unwrap().status, 200);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while orders(&gate, "unreachable") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no failed order: {}",
-            gate.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_orders(&gate, "unreachable", Duration::from_secs(20)).await;
     let log = gate.log();
     assert!(
         log.contains("route ha is not served: no ACME certificate yet"),
@@ -281,7 +276,7 @@ async fn an_unreachable_ca_holds_back_only_its_route_until_it_answers() {
     let pebble = prepared.start();
     let alice = acme_client(&gate, pebble.root_der());
     assert!(
-        served_leaf(&alice).await.is_err(),
+        alice.served_leaf().await.is_err(),
         "nothing served for it yet"
     );
 
@@ -366,15 +361,7 @@ async fn http_01_without_the_plain_http_listener_says_so_without_ordering() {
     );
     std::fs::write(&file, yaml).unwrap();
     let gate = StandaloneProcess::start(&file, &dir.path().join("state"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while orders(&gate, "config") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no refused order: {}",
-            gate.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_orders(&gate, "config", Duration::from_secs(20)).await;
     let log = gate.log();
     assert!(
         log.contains("needs the plain-HTTP listener: start the gate with --http-listen"),
@@ -517,15 +504,7 @@ async fn a_retry_after_is_honoured_across_restarts() {
     std::fs::write(&file, config(upstream.addr, &directory, &ca_file)).unwrap();
 
     let gate = StandaloneProcess::start(&file, &state);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while orders(&gate, "rateLimited") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no rate-limited order: {}",
-            gate.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_orders(&gate, "rateLimited", Duration::from_secs(20)).await;
     let log = gate.log();
     assert!(
         log.contains("answered HTTP 429 and asks to wait until"),
@@ -569,16 +548,8 @@ async fn a_failed_validation_names_the_problem_and_what_to_check() {
     );
     std::fs::write(&file, yaml).unwrap();
     let gate = StandaloneProcess::start(&file, &dir.path().join("state"));
-    let deadline = Instant::now() + Duration::from_secs(30);
     // Pebble calls it `unauthorized` (Let's Encrypt: `connection`); both get the advice.
-    while orders(&gate, "unauthorized") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no failed validation: {}",
-            gate.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_orders(&gate, "unauthorized", Duration::from_secs(30)).await;
     let log = gate.log();
     assert!(log.contains("(unauthorized)"), "{log}");
     assert!(log.contains("Failed to connect to"), "{log}");

@@ -63,16 +63,6 @@ fn client(gate: &StandaloneProcess, ca: &Ca) -> TlsClient {
     client
 }
 
-/// The leaf certificate a new handshake sees, or why the handshake failed.
-async fn served_leaf(client: &TlsClient) -> Result<Vec<u8>, String> {
-    let tls = client.connect().await.map_err(|e| e.to_string())?;
-    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    certs
-        .first()
-        .map(|c| c.to_vec())
-        .ok_or_else(|| "no certificate".into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_files_and_swaps_to_a_renewed_pair_without_dropping_connections() {
     let upstream = Upstream::start().await;
@@ -90,7 +80,7 @@ async fn serves_the_files_and_swaps_to_a_renewed_pair_without_dropping_connectio
 
     // The file certificate is what the gate presents, and the device is still required.
     let alice_a = client(&gate, &ca_a);
-    assert_eq!(served_leaf(&alice_a).await.unwrap(), cert_a.cert_der);
+    assert_eq!(alice_a.served_leaf().await.unwrap(), cert_a.cert_der);
     let mut anonymous = alice_a.clone();
     anonymous.cert = None;
     assert_eq!(anonymous.get("/").await.unwrap().status, 403);
@@ -103,7 +93,7 @@ async fn serves_the_files_and_swaps_to_a_renewed_pair_without_dropping_connectio
     let alice_b = client(&gate, &ca_b);
     let deadline = Instant::now() + RELOAD_WITHIN;
     loop {
-        match served_leaf(&alice_b).await {
+        match alice_b.served_leaf().await {
             Ok(leaf) if leaf == cert_b.cert_der => break,
             other if Instant::now() >= deadline => {
                 panic!("the renewed certificate is not served after {RELOAD_WITHIN:?}: {other:?}")
@@ -141,7 +131,7 @@ async fn serves_the_files_and_swaps_to_a_renewed_pair_without_dropping_connectio
         )),
         "{log}"
     );
-    assert_eq!(served_leaf(&alice_b).await.unwrap(), cert_b.cert_der);
+    assert_eq!(alice_b.served_leaf().await.unwrap(), cert_b.cert_der);
     assert_eq!(open.get("/").await.unwrap().status, 200);
 }
 

@@ -911,6 +911,17 @@ impl TlsClient {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
     }
 
+    /// The leaf certificate a new handshake sees (verified against [`Self::roots`]), or
+    /// why the handshake failed.
+    pub async fn served_leaf(&self) -> Result<Vec<u8>, String> {
+        let tls = self.connect().await.map_err(|e| describe(&e))?;
+        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        certs
+            .first()
+            .map(|c| c.to_vec())
+            .ok_or_else(|| "no certificate".into())
+    }
+
     /// Handshake, then one raw `GET /` on it: whether the gate answers or refuses.
     pub async fn probe(&self) -> Outcome {
         match self.connect().await {
