@@ -9,7 +9,8 @@
 //! a field the CRD does not declare is an error, not silently pruned.
 //!
 //! One API server serves every test here (a `static` Envtest); the tests use disjoint
-//! namespaces and CRDs, except the Portcullis CRDs, whose apply is idempotent.
+//! namespaces and CRDs, except the Portcullis CRDs: the tests that install them take
+//! [`PORTCULLIS_CRDS`], and the one that needs them absent removes them first.
 
 #[path = "envtest/mod.rs"]
 #[allow(dead_code)]
@@ -25,6 +26,38 @@ use serde_json::Value;
 
 use envtest::Envtest;
 use support::*;
+
+/// Held by a test while it relies on the Portcullis CRDs being present or absent.
+static PORTCULLIS_CRDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Removes the Portcullis CRDs (another test may have installed them) and waits until
+/// the API server no longer serves them.
+async fn remove_portcullis_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let ours = |crd: &CustomResourceDefinition| crd.spec.group == "portcullis.dev";
+    for crd in api.list(&Default::default()).await.unwrap().items {
+        if ours(&crd) {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.delete(&name, &Default::default()).await.unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(ours)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Portcullis CRDs stay"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
 
 /// The one control plane of this test binary.
 async fn client() -> Client {
@@ -275,6 +308,8 @@ fn the_traefik_helmchartconfig_example_keeps_client_addresses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitops_examples_validate_against_argo_cd_and_flux_in_order() {
     let client = client().await;
+    let _crds = PORTCULLIS_CRDS.lock().await;
+    remove_portcullis_crds(&client).await;
     let mut devices = example("protectedroute-home-assistant.yaml");
     devices.extend(example("clientidentity.yaml"));
 
@@ -399,6 +434,7 @@ fn cert_manager_dns01_issuer() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cert_manager_example_validates_against_cert_managers_crds() {
     let client = client().await;
+    let _crds = PORTCULLIS_CRDS.lock().await;
     let ns = "cert-manager-example";
     let mut docs = example("cert-manager.yaml");
     assert_eq!(
