@@ -177,6 +177,13 @@ async fn tls_alpn_01_issues_a_trusted_certificate_and_renews_it_under_open_conne
         .await
         .expect("WebSocket");
     ws_roundtrip(&mut ws, "before renewal").await;
+    // The owner changes the contact address: the renewal's order updates the account.
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        yaml.replace("owner@acme.test", "new-owner@acme.test"),
+    )
+    .unwrap();
     let second = wait_leaf(&gate, &alice, Some(&first), Duration::from_secs(45)).await;
     assert_ne!(first, second);
     assert_eq!(
@@ -195,6 +202,19 @@ async fn tls_alpn_01_issues_a_trusted_certificate_and_renews_it_under_open_conne
         1,
         "one account, reused for the renewal"
     );
+    assert!(
+        log.contains("the ACME account's contact is now new-owner@acme.test"),
+        "{log}"
+    );
+    let accounts = dir.path().join("state/acme/accounts");
+    let account = std::fs::read_dir(&accounts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let account = std::fs::read_to_string(account).unwrap();
+    assert!(account.contains("\"new-owner@acme.test\""), "{account}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,6 +246,13 @@ async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&stored).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 
+    // The owner changes the contact address meanwhile.
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        yaml.replace("owner@acme.test", "new-owner@acme.test"),
+    )
+    .unwrap();
     let gate = StandaloneProcess::builder(&file, &state).port(port).start();
     // Served at once, from the disk: the same certificate, and no order at all.
     assert_eq!(alice.served_leaf().await.unwrap(), issued);
@@ -234,6 +261,19 @@ async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
     let log = gate.log();
     assert!(!log.contains("ordering a certificate"), "{log}");
     assert_eq!(orders(&gate, "issued"), 0.0);
+    // The account follows the contact at its next use (an order), not before.
+    let accounts = state.join("acme/accounts");
+    let account = std::fs::read_dir(&accounts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_to_string(&account)
+            .unwrap()
+            .contains("\"owner@acme.test\"")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,4 +606,74 @@ async fn a_failed_validation_names_the_problem_and_what_to_check() {
         1.0,
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_the_ca_forgot_is_set_aside_and_a_new_one_registered() {
+    let upstream = Upstream::start().await;
+    let (port, acme_port) = (free_port(), free_port());
+    let options = PebbleOptions {
+        tls_port: port,
+        acme_port,
+        ..PebbleOptions::default()
+    };
+    let first = Pebble::start(options.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
+    let yaml = config(upstream.addr, &first.directory_url(), &first.ca_pem_path());
+    std::fs::write(&file, &yaml).unwrap();
+    let gate = StandaloneProcess::builder(&file, &state).port(port).start();
+    wait_leaf(
+        &gate,
+        &acme_client(&gate, first.root_der()),
+        None,
+        ISSUED_WITHIN,
+    )
+    .await;
+
+    // The CA is reset (same URL, no accounts), and the route wants one more name: the
+    // stored account is refused at the next order.
+    drop(first);
+    let second = Pebble::start(options);
+    let moved = yaml
+        .replace(
+            &format!("[{ACME_HOST}]"),
+            &format!("[{ACME_HOST}, www.acme.test]"),
+        )
+        .replace(
+            &first_ca_line(&yaml),
+            &format!("caFile: {}", second.ca_pem_path().display()),
+        );
+    std::fs::write(&file, moved).unwrap();
+    let alice = acme_client(&gate, second.root_der());
+    wait_leaf(&gate, &alice, None, Duration::from_secs(60)).await;
+    assert_eq!(alice.get("/").await.unwrap().status, 200);
+    let log = gate.log();
+    assert!(
+        log.contains("the CA does not know the stored ACME account"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("registered an ACME account").count(),
+        2,
+        "{log}"
+    );
+    let retired = std::fs::read_dir(state.join("acme/accounts"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".retired-")
+        })
+        .count();
+    assert_eq!(retired, 1, "the old key is kept aside, not deleted");
+}
+
+/// The `caFile: …` line of a [`config`].
+fn first_ca_line(yaml: &str) -> String {
+    yaml.lines()
+        .find_map(|l| l.trim().starts_with("caFile:").then(|| l.trim().to_owned()))
+        .expect("a caFile line")
 }

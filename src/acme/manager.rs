@@ -71,6 +71,16 @@ pub fn acme_routes(config: &Config) -> Vec<AcmeRoute> {
 
 /// An account and the Retry-After notes of its HTTP client.
 type Shared = Arc<(Account, RetryAfter)>;
+/// Directory URL, caFile, email.
+type AccountKey = (String, Option<PathBuf>, String);
+
+fn account_key(route: &AcmeRoute) -> AccountKey {
+    (
+        route.directory.clone(),
+        route.ca_file.clone(),
+        route.email.clone(),
+    )
+}
 
 /// Orders and renews the certificates of ACME routes.
 pub struct Manager {
@@ -79,8 +89,8 @@ pub struct Manager {
     metrics: Arc<Metrics>,
     /// Whether a plain-HTTP listener serves http-01 answers (`--http-listen`).
     http01_served: bool,
-    /// By directory URL and caFile.
-    accounts: Mutex<HashMap<(String, Option<PathBuf>), Shared>>,
+    /// By directory URL, caFile and contact (a new contact is sent to the CA once).
+    accounts: Mutex<HashMap<AccountKey, Shared>>,
 }
 
 impl Manager {
@@ -233,6 +243,11 @@ impl Manager {
             _ => failure,
         });
         let retry_after = wait.map(|w: Wait| w.until);
+        if let Err(failure) = &outcome
+            && failure.kind == "accountDoesNotExist"
+        {
+            self.forget_account(route).await;
+        }
         let outcome = outcome.and_then(|issued| self.save(route, &issued));
         // Persisted before it is reported: whoever reads the metric finds the backoff on disk.
         let next = match &outcome {
@@ -302,7 +317,7 @@ impl Manager {
     /// registered (once, however many routes ask at the same time). A failure comes with
     /// the wait the CA asked for, if it did.
     async fn account(&self, route: &AcmeRoute) -> Result<Shared, (Failure, Option<Wait>)> {
-        let key = (route.directory.clone(), route.ca_file.clone());
+        let key = account_key(route);
         let mut accounts = self.accounts.lock().await;
         if let Some(shared) = accounts.get(&key) {
             return Ok(shared.clone());
@@ -323,6 +338,22 @@ impl Manager {
         }
     }
 
+    /// Drops an account the CA no longer knows (a reset test CA, a deactivated account):
+    /// its file is set aside, and the next try registers a new one.
+    async fn forget_account(&self, route: &AcmeRoute) {
+        self.accounts.lock().await.remove(&account_key(route));
+        match self.store.retire_account(&route.directory) {
+            Ok(Some(kept)) => tracing::warn!(
+                directory = %route.directory,
+                "the CA does not know the stored ACME account; kept it as {} and registering \
+                 a new one at the next try",
+                kept.display()
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!(directory = %route.directory, "{e}"),
+        }
+    }
+
     /// The stored account for the route's directory, else a new one (saved).
     async fn open_account(
         &self,
@@ -338,6 +369,7 @@ impl Manager {
             .map_err(|e| Failure::new("config", e.to_string()))?;
         let account = match stored {
             Some(stored) => {
+                let saved = stored.credentials.clone();
                 let credentials: AccountCredentials = serde_json::from_value(stored.credentials)
                     .map_err(|e| {
                         Failure::new(
@@ -349,7 +381,25 @@ impl Manager {
                             ),
                         )
                     })?;
-                builder.from_credentials(credentials).await.map_err(fail)?
+                let account = builder.from_credentials(credentials).await.map_err(fail)?;
+                if stored.email != route.email {
+                    // The address the CA writes to follows the config.
+                    let contact = format!("mailto:{}", route.email);
+                    account.update_contacts(&[&contact]).await.map_err(fail)?;
+                    self.store
+                        .save_account(&StoredAccount {
+                            directory: stored.directory,
+                            email: route.email.clone(),
+                            credentials: saved,
+                        })
+                        .map_err(|e| Failure::new("internal", e.to_string()))?;
+                    tracing::info!(
+                        directory = %route.directory,
+                        "the ACME account's contact is now {}",
+                        route.email
+                    );
+                }
+                account
             }
             None => {
                 let contact = format!("mailto:{}", route.email);

@@ -73,6 +73,23 @@ impl AcmeStore {
         write_atomic(&path, &json, SECRET)
     }
 
+    /// Moves the account file of `directory` aside (`<id>.json.retired-<unix time>`), never
+    /// deleting a key; returns where it went, if there was one.
+    pub fn retire_account(&self, directory: &str) -> Result<Option<PathBuf>> {
+        let path = self.account_path(directory);
+        let secs = super::schedule::to_unix(std::time::SystemTime::now());
+        let kept = path.with_extension(format!("json.retired-{secs}"));
+        match std::fs::rename(&path, &kept) {
+            Ok(()) => Ok(Some(kept)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io {
+                action: "set aside",
+                path,
+                source: e,
+            }),
+        }
+    }
+
     /// What the stored certificate of `route` says, for `hosts`; `None` when there is none
     /// or it cannot be read (a new order then replaces it).
     pub fn held(&self, route: &str, hosts: &[String]) -> Option<Held> {
@@ -239,6 +256,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(loaded.email, "me@example.com");
+        let kept = store
+            .retire_account("https://a.example/dir")
+            .unwrap()
+            .unwrap();
+        assert!(kept.exists() && !a.exists());
+        assert!(
+            store
+                .load_account("https://a.example/dir")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .retire_account("https://a.example/dir")
+                .unwrap()
+                .is_none()
+        );
         std::fs::write(&a, "garbage").unwrap();
         let err = store.load_account("https://a.example/dir").err().unwrap();
         assert!(err.to_string().contains("delete it to register"), "{err}");

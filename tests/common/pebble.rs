@@ -42,6 +42,9 @@ pub struct PebbleOptions {
     pub tls_port: u16,
     /// Lifetime of the certificates it issues (short ones exercise renewal).
     pub validity: Duration,
+    /// Its ACME port: a second Pebble on the same one has the same directory URL (and
+    /// knows none of the first one's accounts).
+    pub acme_port: u16,
 }
 
 /// Answers one challenge: `(host, token, key authorization, its SHA-256)`.
@@ -53,6 +56,7 @@ impl Default for PebbleOptions {
             http_port: free_tcp_port(),
             tls_port: free_tcp_port(),
             validity: Duration::from_secs(3600),
+            acme_port: free_tcp_port(),
         }
     }
 }
@@ -105,7 +109,7 @@ impl Pebble {
         write_https_cert(dir.path());
         Prepared {
             dir,
-            acme_port: free_tcp_port(),
+            acme_port: options.acme_port,
             management_port: free_tcp_port(),
             options,
         }
