@@ -14,9 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pebble::{Pebble, PebbleOptions};
+use pebble::{Pebble, PebbleOptions, free_tcp_port};
 use rustls::pki_types::CertificateDer;
-use standalone::{StandaloneProcess, free_port};
+use standalone::StandaloneProcess;
 
 /// Resolved to 127.0.0.1 by pebble-challtestsrv.
 const ACME_HOST: &str = "ha.acme.test";
@@ -132,7 +132,7 @@ fn curl(gate: &StandaloneProcess, root_pem: &Path, device: bool) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_issues_a_trusted_certificate_and_renews_it_under_open_connections() {
     let upstream = Upstream::start().await;
-    let port = free_port();
+    let port = free_tcp_port();
     // 30 s certificates: renewal is due 20 s after each is issued.
     let pebble = Pebble::start(PebbleOptions {
         tls_port: port,
@@ -220,7 +220,7 @@ async fn tls_alpn_01_issues_a_trusted_certificate_and_renews_it_under_open_conne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
     let upstream = Upstream::start().await;
-    let port = free_port();
+    let port = free_tcp_port();
     let pebble = Pebble::start(PebbleOptions {
         tls_port: port,
         ..PebbleOptions::default()
@@ -279,7 +279,7 @@ async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_ca_holds_back_only_its_route_until_it_answers() {
     let upstream = Upstream::start().await;
-    let port = free_port();
+    let port = free_tcp_port();
     let prepared = Pebble::prepare(PebbleOptions {
         tls_port: port,
         ..PebbleOptions::default()
@@ -338,7 +338,7 @@ fn http01_config(upstream: std::net::SocketAddr, directory: &str, ca_file: &Path
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_issues_through_the_plain_http_listener() {
     let upstream = Upstream::start().await;
-    let (port, http_port) = (free_port(), free_port());
+    let (port, http_port) = (free_tcp_port(), free_tcp_port());
     let pebble = Pebble::start(PebbleOptions {
         tls_port: port,
         http_port,
@@ -576,7 +576,7 @@ async fn a_failed_validation_names_the_problem_and_what_to_check() {
     let upstream = Upstream::start().await;
     // Pebble validates on a port where nothing listens: a port forward to the wrong place.
     let pebble = Pebble::start(PebbleOptions {
-        tls_port: free_port(),
+        tls_port: free_tcp_port(),
         ..PebbleOptions::default()
     });
     let dir = tempfile::tempdir().unwrap();
@@ -611,7 +611,7 @@ async fn a_failed_validation_names_the_problem_and_what_to_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_the_ca_forgot_is_set_aside_and_a_new_one_registered() {
     let upstream = Upstream::start().await;
-    let (port, acme_port) = (free_port(), free_port());
+    let (port, acme_port) = (free_tcp_port(), free_tcp_port());
     let options = PebbleOptions {
         tls_port: port,
         acme_port,

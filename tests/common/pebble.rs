@@ -78,7 +78,6 @@ pub struct Pebble {
 pub struct Prepared {
     dir: tempfile::TempDir,
     acme_port: u16,
-    management_port: u16,
     options: PebbleOptions,
 }
 
@@ -110,7 +109,6 @@ impl Pebble {
         Prepared {
             dir,
             acme_port: options.acme_port,
-            management_port: free_tcp_port(),
             options,
         }
     }
@@ -126,9 +124,11 @@ impl Pebble {
         let Prepared {
             dir,
             acme_port,
-            management_port,
             options,
         } = prepared;
+        // Picked just before Pebble binds them: a port picked at `prepare` could be
+        // handed out again meanwhile.
+        let management_port = free_tcp_port();
         let (dns_port, dns_management) = (free_dns_port(), free_tcp_port());
         std::fs::write(
             dir.path().join("pebble.json"),
@@ -429,12 +429,22 @@ fn binaries() -> &'static Path {
     })
 }
 
-/// A loopback TCP port nothing listens on (at the time of asking).
+/// A loopback TCP port nothing listens on (at the time of asking), never one this test
+/// process was given before: picked ports are bound later, by other processes, and the
+/// kernel may offer a port again until then.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free TCP port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free TCP port")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A loopback port free for both UDP and TCP (at the time of asking): challtestsrv serves
