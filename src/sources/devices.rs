@@ -178,9 +178,16 @@ pub fn instructions(config: &Config, state: &StateDir, listen: SocketAddr) -> St
     let _ = writeln!(out, "Try it:");
     for ci in live {
         let name = name_of(&ci.metadata);
-        match route_for(config, ci).as_ref().and_then(|r| r.hosts.first()) {
+        let route = route_for(config, ci);
+        match route.as_ref().and_then(|r| r.hosts.first()) {
             Some(host) => {
-                let _ = writeln!(out, "  {}", curl_line(&state, name, host, listen));
+                // A publicly trusted server certificate needs no --cacert.
+                let own_ca = route.as_ref().is_some_and(|r| {
+                    config.routes.iter().any(|pr| {
+                        name_of(&pr.metadata) == r.name && pr.spec.server_certificate.is_minted()
+                    })
+                });
+                let _ = writeln!(out, "  {}", curl_line(&state, name, host, listen, own_ca));
             }
             None => {
                 let _ = writeln!(out, "  ({name}: no route admits this identity)");
@@ -200,7 +207,9 @@ pub(super) fn route_for(config: &Config, identity: &ClientIdentity) -> Option<Ro
         .find(|r| r.selector.as_ref().is_none_or(|s| s.matches(&labels)))
 }
 
-fn curl_line(state: &StateDir, name: &str, host: &str, listen: SocketAddr) -> String {
+/// A curl line for device `name` on `host`, trusting the Portcullis CA when `own_ca` (the
+/// route's certificate is minted by it).
+fn curl_line(state: &StateDir, name: &str, host: &str, listen: SocketAddr, own_ca: bool) -> String {
     let port = listen.port();
     let target = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -208,9 +217,13 @@ fn curl_line(state: &StateDir, name: &str, host: &str, listen: SocketAddr) -> St
         ip => ip,
     };
     let dir = state.identity_dir(name);
-    let mut line = format!(
-        "curl --cacert {} --cert {} --key {}",
-        quote(&state.ca_cert_path()),
+    let mut line = "curl".to_owned();
+    if own_ca {
+        let _ = write!(line, " --cacert {}", quote(&state.ca_cert_path()));
+    }
+    let _ = write!(
+        line,
+        " --cert {} --key {}",
         quote(&dir.join("tls.crt")),
         quote(&dir.join("tls.key")),
     );
@@ -252,14 +265,20 @@ mod tests {
     fn curl_pins_unknown_names_and_brackets_ipv6() {
         let state = StateDir::new("/s");
         let listen: SocketAddr = "0.0.0.0:8443".parse().unwrap();
-        let line = curl_line(&state, "a", "ha.invalid", listen);
+        let line = curl_line(&state, "a", "ha.invalid", listen, true);
         assert_eq!(
             line,
             "curl --cacert /s/ca/tls.crt --cert /s/identities/a/tls.crt --key \
              /s/identities/a/tls.key --resolve ha.invalid:8443:127.0.0.1 https://ha.invalid:8443/"
         );
-        let line = curl_line(&state, "a", "::1", "[::]:9443".parse().unwrap());
+        let line = curl_line(&state, "a", "::1", "[::]:9443".parse().unwrap(), true);
         assert!(line.ends_with(" https://[::1]:9443/"), "{line}");
+        // A publicly trusted certificate (ACME, files): the system's roots, no --cacert.
+        let line = curl_line(&state, "a", "ha.example.com", listen, false);
+        assert!(
+            line.starts_with("curl --cert /s/identities/a/tls.crt"),
+            "{line}"
+        );
         assert_eq!(quote(Path::new("/a b/c'd")), r"'/a b/c'\''d'");
     }
 }
