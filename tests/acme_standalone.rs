@@ -460,6 +460,11 @@ fn check_refuses_a_wildcard_for_acme_and_points_to_dns_01_tools() {
     assert!(err.contains("spec.hosts[0]"), "{err}");
     assert!(err.contains("only by DNS-01"), "{err}");
     assert!(err.contains("serverCertificate.files"), "{err}");
+    // And the private CA file it names does not exist: said before any order.
+    assert!(
+        err.contains("spec.serverCertificate.acme.caFile: cannot read the caFile"),
+        "{err}"
+    );
 }
 
 /// An HTTPS server on loopback answering every request as a CA over its rate limit does

@@ -270,6 +270,14 @@ impl Parser {
                 }
             }
         }
+        if let Some(file) = sc.acme.as_ref().and_then(|a| a.ca_file.as_deref())
+            && !file.trim().is_empty()
+        {
+            // Read now, so `portcullis check` finds a wrong path before the first order.
+            if let Err(message) = external::ca_file(&self.relative(file)) {
+                problems.push(Problem::new("spec.serverCertificate.acme.caFile", message));
+            }
+        }
         self.push_all(chunk, at, problems);
     }
 
