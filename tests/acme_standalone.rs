@@ -9,7 +9,7 @@ mod pebble;
 #[path = "common/standalone.rs"]
 mod standalone;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,25 @@ fn config(upstream: std::net::SocketAddr, directory: &str, ca_file: &Path) -> St
          directory: {directory}\n      caFile: {}\n---\n{lan}",
         ca_file.display()
     )
+}
+
+/// Writes [`config`] (for `upstream`, `directory` and `ca_file`, changed by `edit`) into
+/// `dir`; returns the file.
+fn write_config(
+    dir: &Path,
+    upstream: &Upstream,
+    directory: &str,
+    ca_file: &Path,
+    edit: fn(String) -> String,
+) -> PathBuf {
+    let file = dir.join("portcullis.yaml");
+    std::fs::write(&file, edit(config(upstream.addr, directory, ca_file))).unwrap();
+    file
+}
+
+/// The config as [`config`] writes it.
+fn as_is(yaml: String) -> String {
+    yaml
 }
 
 /// alice's client for the ACME route, trusting only Pebble's root.
@@ -140,13 +159,13 @@ async fn tls_alpn_01_issues_a_trusted_certificate_and_renews_it_under_open_conne
         ..PebbleOptions::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("portcullis.yaml");
-    let yaml = config(
-        upstream.addr,
+    let file = write_config(
+        dir.path(),
+        &upstream,
         &pebble.directory_url(),
         &pebble.ca_pem_path(),
+        as_is,
     );
-    std::fs::write(&file, yaml).unwrap();
     let gate = StandaloneProcess::builder(&file, &dir.path().join("state"))
         .port(port)
         .start();
@@ -226,13 +245,14 @@ async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
         ..PebbleOptions::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let (file, state) = (dir.path().join("portcullis.yaml"), dir.path().join("state"));
-    let yaml = config(
-        upstream.addr,
+    let state = dir.path().join("state");
+    let file = write_config(
+        dir.path(),
+        &upstream,
         &pebble.directory_url(),
         &pebble.ca_pem_path(),
+        as_is,
     );
-    std::fs::write(&file, yaml).unwrap();
 
     let gate = StandaloneProcess::builder(&file, &state).port(port).start();
     let alice = acme_client(&gate, pebble.root_der());
@@ -285,13 +305,13 @@ async fn an_unreachable_ca_holds_back_only_its_route_until_it_answers() {
         ..PebbleOptions::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("portcullis.yaml");
-    let yaml = config(
-        upstream.addr,
+    let file = write_config(
+        dir.path(),
+        &upstream,
         &prepared.directory_url(),
         &prepared.ca_pem_path(),
+        as_is,
     );
-    std::fs::write(&file, yaml).unwrap();
     let gate = StandaloneProcess::builder(&file, &dir.path().join("state"))
         .port(port)
         .start();
@@ -328,8 +348,8 @@ async fn an_unreachable_ca_holds_back_only_its_route_until_it_answers() {
 }
 
 /// [`config`] with `challenge: http-01`.
-fn http01_config(upstream: std::net::SocketAddr, directory: &str, ca_file: &Path) -> String {
-    config(upstream, directory, ca_file).replace(
+fn http01(yaml: String) -> String {
+    yaml.replace(
         "      email: owner@acme.test\n",
         "      email: owner@acme.test\n      challenge: http-01\n",
     )
@@ -345,13 +365,13 @@ async fn http_01_issues_through_the_plain_http_listener() {
         ..PebbleOptions::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("portcullis.yaml");
-    let yaml = http01_config(
-        upstream.addr,
+    let file = write_config(
+        dir.path(),
+        &upstream,
         &pebble.directory_url(),
         &pebble.ca_pem_path(),
+        http01,
     );
-    std::fs::write(&file, yaml).unwrap();
     let gate = StandaloneProcess::builder(&file, &dir.path().join("state"))
         .port(port)
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
@@ -393,13 +413,13 @@ async fn http_01_without_the_plain_http_listener_says_so_without_ordering() {
     let upstream = Upstream::start().await;
     let prepared = Pebble::prepare(PebbleOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("portcullis.yaml");
-    let yaml = http01_config(
-        upstream.addr,
+    let file = write_config(
+        dir.path(),
+        &upstream,
         &prepared.directory_url(),
         &prepared.ca_pem_path(),
+        http01,
     );
-    std::fs::write(&file, yaml).unwrap();
     let gate = StandaloneProcess::start(&file, &dir.path().join("state"));
     wait_orders(&gate, "config", Duration::from_secs(20)).await;
     let log = gate.log();
@@ -417,17 +437,19 @@ async fn self_issued_fallback_serves_a_portcullis_certificate_until_the_first_is
     // Never started: the CA stays unreachable for the whole test.
     let prepared = Pebble::prepare(PebbleOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("portcullis.yaml");
-    let yaml = config(
-        upstream.addr,
+    let fallback = |yaml: String| {
+        yaml.replace(
+            "      email: owner@acme.test\n",
+            "      email: owner@acme.test\n      selfIssuedFallback: true\n",
+        )
+    };
+    let file = write_config(
+        dir.path(),
+        &upstream,
         &prepared.directory_url(),
         &prepared.ca_pem_path(),
-    )
-    .replace(
-        "      email: owner@acme.test\n",
-        "      email: owner@acme.test\n      selfIssuedFallback: true\n",
+        fallback,
     );
-    std::fs::write(&file, yaml).unwrap();
     let gate = StandaloneProcess::start(&file, &dir.path().join("state"));
     // Served, with a certificate from the installation's own CA (what the opt-in means).
     let own_ca = TlsClient::standalone(gate.port(), gate.state(), Some("alice")).sni(ACME_HOST);
@@ -585,13 +607,13 @@ async fn a_failed_validation_names_the_problem_and_what_to_check() {
         ..PebbleOptions::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("portcullis.yaml");
-    let yaml = config(
-        upstream.addr,
+    let file = write_config(
+        dir.path(),
+        &upstream,
         &pebble.directory_url(),
         &pebble.ca_pem_path(),
+        as_is,
     );
-    std::fs::write(&file, yaml).unwrap();
     let gate = StandaloneProcess::start(&file, &dir.path().join("state"));
     // Pebble calls it `unauthorized` (Let's Encrypt: `connection`); both get the advice.
     wait_orders(&gate, "unauthorized", Duration::from_secs(30)).await;
