@@ -992,7 +992,7 @@ async fn the_controller_reports_what_the_schema_cannot_catch() {
     let route_api = routes(&admin, ns);
     let identities = ids(&admin, ns);
     // (route, hosts, spec, reason, words the message must contain)
-    let route_cases: [(&str, &str, serde_json::Value, &str, &[&str]); 4] = [
+    let route_cases: [(&str, &str, serde_json::Value, &str, &[&str]); 6] = [
         (
             "bad-ttl",
             "ttl.invalid.test",
@@ -1020,6 +1020,23 @@ async fn the_controller_reports_what_the_schema_cannot_catch() {
             json!({"upstream": {"url": url}, "serverCertificate": {"secretName": "letsencrypt-ha"}}),
             "ServerSecretMissing",
             &["letsencrypt-ha", "spec.serverCertificate.secretName"],
+        ),
+        // Standalone-only certificate sources: accepted by the schema, refused here.
+        (
+            "acme",
+            "acme.invalid.test",
+            json!({"upstream": {"url": url},
+                   "serverCertificate": {"acme": {"email": "me@example.com"}}}),
+            "InvalidSpec",
+            &["spec.serverCertificate.acme", "cert-manager", "secretName"],
+        ),
+        (
+            "files",
+            "files.invalid.test",
+            json!({"upstream": {"url": url}, "serverCertificate": {"files":
+                   {"certificate": "/ssl/fullchain.pem", "key": "/ssl/privkey.pem"}}}),
+            "InvalidSpec",
+            &["spec.serverCertificate.files", "secretName"],
         ),
     ];
     for (name, host, spec, _, _) in &route_cases {
