@@ -51,6 +51,18 @@ fn write_config(
     file
 }
 
+/// A second ACME route's host.
+const SECOND_ACME_HOST: &str = "two.acme.test";
+
+/// [`config`] plus a copy of its ACME route, `two`, for [`SECOND_ACME_HOST`].
+fn with_a_second_acme_route(yaml: String) -> String {
+    let first = yaml.split("---\n").next().unwrap_or_default();
+    let second = first
+        .replace("name: ha\n", "name: two\n")
+        .replace(&format!("[{ACME_HOST}]"), &format!("[{SECOND_ACME_HOST}]"));
+    format!("{yaml}---\n{second}")
+}
+
 /// The config as [`config`] writes it.
 fn as_is(yaml: String) -> String {
     yaml
@@ -251,12 +263,21 @@ async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
         &upstream,
         &pebble.directory_url(),
         &pebble.ca_pem_path(),
-        as_is,
+        with_a_second_acme_route,
     );
 
     let gate = StandaloneProcess::builder(&file, &state).port(port).start();
     let alice = acme_client(&gate, pebble.root_der());
     let issued = wait_leaf(&gate, &alice, None, ISSUED_WITHIN).await;
+    let alice_two = alice.clone().sni(SECOND_ACME_HOST);
+    let issued_two = wait_leaf(&gate, &alice_two, None, ISSUED_WITHIN).await;
+    // Two routes on one directory: one account.
+    let log = gate.log();
+    assert_eq!(
+        log.matches("registered an ACME account").count(),
+        1,
+        "{log}"
+    );
     assert!(gate.terminate().success());
     // Nothing pending: no failure, no order in flight (a gate that kept ordering would
     // leave its in-flight mark here).
@@ -274,8 +295,9 @@ async fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
     )
     .unwrap();
     let gate = StandaloneProcess::builder(&file, &state).port(port).start();
-    // Served at once, from the disk: the same certificate, and no order at all.
+    // Served at once, from the disk: the same certificates, and no order at all.
     assert_eq!(alice.served_leaf().await.unwrap(), issued);
+    assert_eq!(alice_two.served_leaf().await.unwrap(), issued_two);
     assert_eq!(alice.get("/").await.unwrap().status, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = gate.log();
