@@ -7,8 +7,8 @@
 //!     task: read certificate + attempts ──▶ sleep until due ──▶ mark attempt ──▶ order
 //!           ──▶ certificate.pem (file source reloads) | attempts.json (backoff)
 //! ```
-//! Accounts are shared per directory and created once (under a lock), then reused from
-//! `acme/accounts/`.
+//! Accounts are shared per directory and created once (under that directory's lock), then
+//! reused from `acme/accounts/`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -73,6 +73,10 @@ pub fn acme_routes(config: &Config) -> Vec<AcmeRoute> {
 type Shared = Arc<(Account, RetryAfter)>;
 /// Directory URL, caFile, email.
 type AccountKey = (String, Option<PathBuf>, String);
+/// A directory's accounts. Its lock is held while an account is opened or registered
+/// there: one directory never gets two accounts, and a slow directory holds up only its
+/// own routes.
+type Slot = Arc<Mutex<HashMap<AccountKey, Shared>>>;
 
 fn account_key(route: &AcmeRoute) -> AccountKey {
     (
@@ -89,8 +93,9 @@ pub struct Manager {
     metrics: Arc<Metrics>,
     /// Whether a plain-HTTP listener serves http-01 answers (`--http-listen`).
     http01_served: bool,
-    /// By directory URL, caFile and contact (a new contact is sent to the CA once).
-    accounts: Mutex<HashMap<AccountKey, Shared>>,
+    /// Open accounts by directory URL, then by [`AccountKey`] (a new contact is sent to
+    /// the CA once).
+    accounts: std::sync::Mutex<HashMap<String, Slot>>,
 }
 
 impl Manager {
@@ -100,7 +105,7 @@ impl Manager {
             responders,
             metrics,
             http01_served: false,
-            accounts: Mutex::default(),
+            accounts: std::sync::Mutex::default(),
         }
     }
 
@@ -313,12 +318,18 @@ impl Manager {
         Ok(())
     }
 
+    fn slot(&self, directory: &str) -> Slot {
+        let mut slots = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(directory.to_owned()).or_default().clone()
+    }
+
     /// The account for the route's directory: cached, else loaded from disk, else
     /// registered (once, however many routes ask at the same time). A failure comes with
     /// the wait the CA asked for, if it did.
     async fn account(&self, route: &AcmeRoute) -> Result<Shared, (Failure, Option<Wait>)> {
         let key = account_key(route);
-        let mut accounts = self.accounts.lock().await;
+        let slot = self.slot(&route.directory);
+        let mut accounts = slot.lock().await;
         if let Some(shared) = accounts.get(&key) {
             return Ok(shared.clone());
         }
@@ -341,7 +352,8 @@ impl Manager {
     /// Drops an account the CA no longer knows (a reset test CA, a deactivated account):
     /// its file is set aside, and the next try registers a new one.
     async fn forget_account(&self, route: &AcmeRoute) {
-        self.accounts.lock().await.remove(&account_key(route));
+        let slot = self.slot(&route.directory);
+        slot.lock().await.remove(&account_key(route));
         match self.store.retire_account(&route.directory) {
             Ok(Some(kept)) => tracing::warn!(
                 directory = %route.directory,
