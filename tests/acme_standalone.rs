@@ -726,3 +726,54 @@ fn first_ca_line(yaml: &str) -> String {
         .find_map(|l| l.trim().starts_with("caFile:").then(|| l.trim().to_owned()))
         .expect("a caFile line")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_never_answers_holds_up_only_its_own_routes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let upstream = Upstream::start().await;
+    let port = free_tcp_port();
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port: port,
+        ..PebbleOptions::default()
+    });
+    // Accepts connections and never says a word (not even a TLS ServerHello).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("https://{}/dir", silent.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            open.push(tcp);
+        }
+    });
+    // First only route `ha`, on the silent directory: its order hangs there.
+    let ca = pebble.ca_pem_path();
+    let on_silent = config(upstream.addr, &silent_url, &ca);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    std::fs::write(&file, &on_silent).unwrap();
+    let gate = StandaloneProcess::builder(&file, &dir.path().join("state"))
+        .port(port)
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while accepted.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "never asked: {}",
+            gate.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Then route `two`, on Pebble: issued while `ha` still waits.
+    let on_pebble = with_a_second_acme_route(config(upstream.addr, &pebble.directory_url(), &ca));
+    let two = on_pebble.rsplit("---\n").next().unwrap();
+    std::fs::write(&file, format!("{on_silent}---\n{two}")).unwrap();
+    let alice_two = acme_client(&gate, pebble.root_der()).sni(SECOND_ACME_HOST);
+    wait_leaf(&gate, &alice_two, None, Duration::from_secs(30)).await;
+    assert_eq!(alice_two.get("/").await.unwrap().status, 200);
+    assert_eq!(orders(&gate, "issued"), 0.0, "route ha is still waiting");
+    held.abort();
+}

@@ -32,6 +32,9 @@ use crate::telemetry::{AcmeOrderLabels, Metrics, RouteLabels};
 
 /// The longest one order may take, all polling included.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest opening or registering an account may take (a directory that accepts
+/// connections and never answers must not stall its routes for good).
+const ACCOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest sleep before looking at the disk and the clock again (a suspended laptop,
 /// a clock set right, a certificate file replaced by hand).
 const RECHECK: Duration = Duration::from_secs(3600);
@@ -336,10 +339,20 @@ impl Manager {
         let retry_after = RetryAfter::default();
         let http = directory_client(route.ca_file.as_deref(), retry_after.clone())
             .map_err(|m| (Failure::new("config", m), None))?;
-        match self
-            .open_account(route, Account::builder_with_http(http))
-            .await
-        {
+        let opened = tokio::time::timeout(
+            ACCOUNT_TIMEOUT,
+            self.open_account(route, Account::builder_with_http(http)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::from_error(
+                &instant_acme::Error::Timeout(None),
+                &route.directory,
+                &route.hosts,
+                route.challenge,
+            ))
+        });
+        match opened {
             Ok(account) => {
                 let shared = Arc::new((account, retry_after));
                 accounts.insert(key, shared.clone());
