@@ -672,13 +672,8 @@ async fn an_account_the_ca_forgot_is_set_aside_and_a_new_one_registered() {
     let yaml = config(upstream.addr, &first.directory_url(), &first.ca_pem_path());
     std::fs::write(&file, &yaml).unwrap();
     let gate = StandaloneProcess::builder(&file, &state).port(port).start();
-    wait_leaf(
-        &gate,
-        &acme_client(&gate, first.root_der()),
-        None,
-        ISSUED_WITHIN,
-    )
-    .await;
+    let on_first = acme_client(&gate, first.root_der());
+    let issued = wait_leaf(&gate, &on_first, None, ISSUED_WITHIN).await;
 
     // The CA is reset (same URL, no accounts), and the route wants one more name: the
     // stored account is refused at the next order.
@@ -694,6 +689,18 @@ async fn an_account_the_ca_forgot_is_set_aside_and_a_new_one_registered() {
             &format!("caFile: {}", second.ca_pem_path().display()),
         );
     std::fs::write(&file, moved).unwrap();
+    // Until the new one arrives, the old certificate keeps serving the host it covers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gate.log().contains("does not cover www.acme.test yet") {
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded: {}",
+            gate.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(on_first.served_leaf().await.unwrap(), issued);
+    assert_eq!(on_first.get("/").await.unwrap().status, 200);
     let alice = acme_client(&gate, second.root_der());
     wait_leaf(&gate, &alice, None, Duration::from_secs(60)).await;
     assert_eq!(alice.get("/").await.unwrap().status, 200);

@@ -82,14 +82,38 @@ impl Ctx<'_> {
         }))
     }
 
-    /// The route's ACME certificate, if one is stored, matches its key, covers the hosts
-    /// and is valid now; else why not.
+    /// The route's ACME certificate, if one is stored, matches its key, covers at least one
+    /// of the hosts and is valid now; else why not. One for fewer hosts keeps serving those
+    /// while the manager orders one for the route's new hosts.
     fn acme_cert(&self, name: &str, hosts: &[String]) -> std::result::Result<OwnCert, String> {
         let path = self.state.acme_certificate_path(name);
         if !path.exists() {
             return Err("no ACME certificate yet".to_owned());
         }
-        let cert = external::cert_files(&path, &path, hosts)?;
+        let cert = external::cert_files(&path, &path, &[])?;
+        let sans = cert
+            .chain
+            .first()
+            .map(|leaf| certs::san_hosts(leaf))
+            .unwrap_or_default();
+        let missing: Vec<&str> = hosts
+            .iter()
+            .filter(|h| !certs::covers(&sans, h))
+            .map(String::as_str)
+            .collect();
+        if missing.len() == hosts.len() {
+            return Err(format!(
+                "the ACME certificate in {} is for other hosts",
+                path.display()
+            ));
+        }
+        if !missing.is_empty() {
+            tracing::info!(
+                "route {name}: the ACME certificate does not cover {} yet; it serves the \
+                 other hosts until the new one arrives",
+                missing.join(", ")
+            );
+        }
         let now = SystemTime::now();
         if cert.info.not_after <= now || now < cert.info.not_before {
             return Err(format!(
