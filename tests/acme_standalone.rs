@@ -690,15 +690,8 @@ async fn an_account_the_ca_forgot_is_set_aside_and_a_new_one_registered() {
         );
     std::fs::write(&file, moved).unwrap();
     // Until the new one arrives, the old certificate keeps serving the host it covers.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gate.log().contains("does not cover www.acme.test yet") {
-        assert!(
-            Instant::now() < deadline,
-            "not reloaded: {}",
-            gate.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gate.wait_log("does not cover www.acme.test yet", Duration::from_secs(10))
+        .await;
     assert_eq!(on_first.served_leaf().await.unwrap(), issued);
     assert_eq!(on_first.get("/").await.unwrap().status, 200);
     let alice = acme_client(&gate, second.root_der());

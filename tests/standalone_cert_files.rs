@@ -115,15 +115,7 @@ async fn serves_the_files_and_swaps_to_a_renewed_pair_without_dropping_connectio
     let (_, cert_c) = public_cert("Public Test CA C");
     replace(&ssl.certificate, &cert_c.cert_pem);
     let key = ssl.key.display().to_string();
-    let deadline = Instant::now() + RELOAD_WITHIN;
-    while !gate.log().contains("configuration rejected") {
-        assert!(
-            Instant::now() < deadline,
-            "the mismatched pair was not reported: {}",
-            gate.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    gate.wait_log("configuration rejected", RELOAD_WITHIN).await;
     let log = gate.log();
     assert!(
         log.contains(&format!(

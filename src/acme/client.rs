@@ -16,7 +16,6 @@ use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 /// Longest wait for a TCP connection to the directory.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,18 +53,9 @@ pub fn directory_client(
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(file) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
-            .and_then(Iterator::collect)
-            .map_err(|e| format!("cannot read the caFile {}: {e}", file.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "the caFile {} holds no -----BEGIN CERTIFICATE----- block",
-                file.display()
-            ));
-        }
-        for cert in certs {
+        for der in crate::pki::ca_file_certs(file)? {
             roots
-                .add(cert)
+                .add(CertificateDer::from(der))
                 .map_err(|e| format!("the caFile {}: {e}", file.display()))?;
         }
     }

@@ -227,18 +227,13 @@ impl Manager {
                 .await;
                 let outcome = match result {
                     Ok(Ok(issued)) => Ok(issued),
-                    Ok(Err(e)) => Err(order::failure(
+                    Ok(Err(e)) => Err(Failure::from_error(
                         &e,
                         &route.directory,
                         &route.hosts,
                         route.challenge,
                     )),
-                    Err(_) => Err(Failure::from_error(
-                        &instant_acme::Error::Timeout(None),
-                        &route.directory,
-                        &route.hosts,
-                        route.challenge,
-                    )),
+                    Err(_) => Err(Failure::timed_out(&route.directory)),
                 };
                 (outcome, retry_after.take())
             }
@@ -344,14 +339,7 @@ impl Manager {
             self.open_account(route, Account::builder_with_http(http)),
         )
         .await
-        .unwrap_or_else(|_| {
-            Err(Failure::from_error(
-                &instant_acme::Error::Timeout(None),
-                &route.directory,
-                &route.hosts,
-                route.challenge,
-            ))
-        });
+        .unwrap_or_else(|_| Err(Failure::timed_out(&route.directory)));
         match opened {
             Ok(account) => {
                 let shared = Arc::new((account, retry_after));

@@ -15,7 +15,6 @@ use instant_acme::{
 };
 
 use super::http01::Http01Tokens;
-use super::problem::Failure;
 use super::tls_alpn::Challenges;
 use crate::resources::AcmeChallenge;
 
@@ -151,14 +150,4 @@ impl Drop for Answers<'_> {
             self.responders.http01.remove(token);
         }
     }
-}
-
-/// A failure of [`order`] in words (see [`Failure::from_error`]).
-pub fn failure(
-    error: &instant_acme::Error,
-    directory: &str,
-    hosts: &[String],
-    challenge: AcmeChallenge,
-) -> Failure {
-    Failure::from_error(error, directory, hosts, challenge)
 }

@@ -76,6 +76,17 @@ impl Failure {
         )
     }
 
+    /// The CA did not finish in time (its polling, or the gate's own limits).
+    pub fn timed_out(directory: &str) -> Self {
+        Failure::new(
+            "timeout",
+            format!(
+                "the ACME CA at {directory} did not finish the order in time; it retries \
+                 later (check the CA's status page if this persists)"
+            ),
+        )
+    }
+
     /// From any error of the ACME client.
     pub fn from_error(
         error: &instant_acme::Error,
@@ -86,13 +97,7 @@ impl Failure {
         use instant_acme::Error;
         match error {
             Error::Api(problem) => Self::from_problem(problem, hosts, challenge),
-            Error::Timeout(_) => Failure::new(
-                "timeout",
-                format!(
-                    "the ACME CA at {directory} did not finish the order in time; it retries \
-                     later (check the CA's status page if this persists)"
-                ),
-            ),
+            Error::Timeout(_) => Self::timed_out(directory),
             Error::Hyper(_) | Error::Other(_) | Error::Http(_) | Error::InvalidUri(_) => {
                 Failure::new(
                     "unreachable",

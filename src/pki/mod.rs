@@ -180,6 +180,22 @@ pub(crate) fn cert_ders(pem: &str) -> Result<Vec<Vec<u8>>> {
         .map_err(|e| Error::pki("certificate", format!("invalid PEM: {e}")))
 }
 
+/// The certificates (DER) of an ACME `caFile`: a readable PEM file with at least one.
+/// Errors name the file and say what it should hold.
+pub(crate) fn ca_file_certs(file: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the caFile {}: {e}", file.display()))?;
+    let certs = cert_ders(&pem).map_err(|e| format!("the caFile {}: {e}", file.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "the caFile {} holds no -----BEGIN CERTIFICATE----- block; give the PEM file of \
+             the CA that signed the ACME server's HTTPS certificate",
+            file.display()
+        ));
+    }
+    Ok(certs)
+}
+
 /// A PKCS#8 private key from PEM, with a hint for the other encodings ring cannot read.
 pub(crate) fn key_der_from_pem(pem: &str) -> Result<Vec<u8>> {
     match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {

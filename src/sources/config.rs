@@ -274,7 +274,7 @@ impl Parser {
             && !file.trim().is_empty()
         {
             // Read now, so `portcullis check` finds a wrong path before the first order.
-            if let Err(message) = external::ca_file(&self.relative(file)) {
+            if let Err(message) = crate::pki::ca_file_certs(&self.relative(file)) {
                 problems.push(Problem::new("spec.serverCertificate.acme.caFile", message));
             }
         }

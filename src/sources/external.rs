@@ -9,7 +9,8 @@
 //! - `serverCertificate.files`: the same two PEM files under any names, e.g. the Let's
 //!   Encrypt / DuckDNS add-on's `/ssl/fullchain.pem` and `/ssl/privkey.pem`.
 //! - `serverCertificate.acme.caFile`: the PEM CA(s) of a private ACME server's HTTPS
-//!   certificate (checked here; the ACME client reads it at each order).
+//!   certificate (checked by [`pki::ca_file_certs`]; the ACME client reads it at each
+//!   order).
 //!
 //! A key may be PKCS#8, SEC1 (`BEGIN EC PRIVATE KEY`, as `openssl ecparam` and dehydrated
 //! write it) or PKCS#1 (`BEGIN RSA PRIVATE KEY`): certificate tools renew on their own
@@ -64,21 +65,6 @@ pub(crate) fn password(file: &Path) -> Result<String, String> {
         ));
     }
     Ok(password.to_owned())
-}
-
-/// Checks an ACME `caFile`: readable PEM holding at least one certificate.
-pub(crate) fn ca_file(file: &Path) -> Result<(), String> {
-    let pem = fs::read_to_string(file)
-        .map_err(|e| format!("cannot read the caFile {}: {e}", file.display()))?;
-    match pki::cert_ders(&pem) {
-        Ok(certs) if !certs.is_empty() => Ok(()),
-        Ok(_) => Err(format!(
-            "{} holds no -----BEGIN CERTIFICATE----- block; give the PEM file of the CA \
-             that signed the ACME server's HTTPS certificate",
-            file.display()
-        )),
-        Err(e) => Err(format!("{}: {e}", file.display())),
-    }
 }
 
 /// Reads a certificate chain and its key and checks that they match and cover `hosts`.

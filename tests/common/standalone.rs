@@ -232,6 +232,19 @@ impl StandaloneProcess {
             .is_some_and(|(status, _)| status == 200)
     }
 
+    /// Waits until the log contains `needle`; panics (quoting its end) after `within`.
+    pub async fn wait_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not logged within {within:?}; the end of the log:\n{}",
+                self.log_tail(LOG_TAIL_LINES)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The TLS port (`--listen 127.0.0.1:PORT`).
     pub fn port(&self) -> u16 {
         self.port
